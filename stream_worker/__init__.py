@@ -1,0 +1,1 @@
+"""Stream worker: a faust-streaming scorer for applicant records on Kafka."""

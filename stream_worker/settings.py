@@ -1,0 +1,39 @@
+"""Every setting of the worker and its tools, and the only place their env names live."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """Settings of the scorer; env prefix ``SCORER_`` (plus the standard Kafka/MLflow names)."""
+
+    model_config = SettingsConfigDict(env_prefix="SCORER_", frozen=True, extra="ignore")
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "SCORER_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    mlflow_tracking_uri: str = Field(
+        default="sqlite:///mlflow.db",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "SCORER_MLFLOW_TRACKING_URI"),
+    )
+    app_id: str = "income-scorer"
+    input_topic: str = "applicants"
+    output_topic: str = "predictions"
+    dlq_topic: str = "applicants.dlq"
+    topic_partitions: int = Field(default=6, ge=1)
+    model_name: str = "adult-income"
+    model_alias: str = "champion"
+    batch_max: int = Field(default=2000, ge=1)
+    batch_window_seconds: float = Field(default=0.02, gt=0)
+    reload_interval_seconds: float = Field(default=10.0, gt=0)
+    drift_window: int = Field(default=5000, ge=100)
+    max_record_bytes: int = Field(default=65536, ge=1024)
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    data_dir: str = "/tmp/income-scorer"
+    session_timeout_seconds: float = Field(default=8.0, gt=0)
+    heartbeat_interval_seconds: float = Field(default=2.0, gt=0)
+    log_level: str = "info"

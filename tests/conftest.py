@@ -1,0 +1,120 @@
+"""Shared fixtures. Only integration tests request the Kafka ones; nothing starts otherwise.
+
+The Kafka broker comes from, in order: ``KAFKA_BOOTSTRAP_SERVERS`` when set, a
+testcontainers Kafka when a Docker engine answers, else a local Tansu broker that lives for
+the session.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kafka_helpers import TopicFactory
+
+from stream_worker.admin import delete_topics, ensure_topics
+from stream_worker.broker import LocalBroker, wait_for_kafka
+from stream_worker.exceptions import BrokerError
+from stream_worker.settings import WorkerSettings
+
+
+def _configured_bootstrap() -> str | None:
+    """The bootstrap address from the environment, None when it is not set there."""
+    settings = WorkerSettings()
+    if "kafka_bootstrap_servers" in settings.model_fields_set:
+        return settings.kafka_bootstrap_servers
+    return None
+
+
+def _docker_engine_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # no SDK, no socket, no permission: all mean "no Docker here"
+        return False
+
+
+def _testcontainers_kafka() -> Iterator[str]:
+    from testcontainers.community.kafka import KafkaContainer
+
+    with KafkaContainer().with_kraft() as kafka:
+        yield kafka.get_bootstrap_server()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of a Kafka broker that answers, shared by the whole session."""
+    configured = _configured_bootstrap()
+    if configured is not None:
+        problem: str | None = None
+        try:
+            wait_for_kafka(configured, timeout=30)
+        except BrokerError as exc:
+            problem = f"KAFKA_BOOTSTRAP_SERVERS is set but unusable: {exc}"
+        if problem is not None:  # failed outside the except block: no chained traceback
+            pytest.fail(problem, pytrace=False)
+        yield configured
+        return
+    if _docker_engine_answers():
+        yield from _testcontainers_kafka()
+        return
+    log_path = tmp_path_factory.mktemp("tansu") / "broker.log"
+    broker = LocalBroker(log_path=log_path)
+    problem = None
+    try:
+        broker.start()
+    except BrokerError as exc:
+        problem = f"cannot start the local Tansu broker: {exc}"
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic_factory(kafka_bootstrap: str) -> Iterator[TopicFactory]:
+    """``make(partitions=1, *, prefix="test") -> name``: a fresh uuid-named topic, deleted after."""
+    created: list[str] = []
+
+    def make(partitions: int = 1, *, prefix: str = "test") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex}"
+        ensure_topics(kafka_bootstrap, [name], partitions)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        delete_topics(kafka_bootstrap, created)
+
+
+@pytest.fixture
+def kafka_producer(kafka_bootstrap: str) -> Iterator[Any]:
+    """A kafka-python producer on the session broker (acks=all, 2 MB requests).
+
+    It does not auto-create topics: produce only to topics made by ``topic_factory`` (Tansu
+    would otherwise create them with 4 partitions).
+    """
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap,
+        client_id="tests-producer",
+        acks="all",
+        linger_ms=5,
+        max_request_size=2_000_000,
+        allow_auto_create_topics=False,
+        max_block_ms=15_000,
+    )
+    try:
+        yield producer
+    finally:
+        producer.close(timeout=5)

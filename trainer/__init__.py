@@ -1,0 +1,1 @@
+"""Trainer: data → features → tune → train → evaluate → register → promote."""

@@ -1,0 +1,195 @@
+"""``trainer``: run the training flow, serve it on a schedule, inspect and move the champion."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Annotated, Any
+
+import click
+import typer
+from pydantic import ValidationError
+
+from trainer.exceptions import TrainerError
+from trainer.settings import DataSource, TrainerSettings
+
+app = typer.Typer(
+    help="Train, register and promote the Adult income model. Every option can also be set "
+    "with its TRAINER_* environment variable (MLFLOW_TRACKING_URI for the store).",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    no_args_is_help=True,
+)
+
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]"),
+]
+
+
+def _settings(**overrides: Any) -> TrainerSettings:
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return TrainerSettings(**clean)
+
+
+def _setup(settings: TrainerSettings) -> None:
+    from trainer.registry import configure_http_client
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "httpx", "prefect"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_http_client()
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@app.command()
+def run(
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="Optuna trials [env: TRAINER_TRIALS]")
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(min=1, help="tuning budget, seconds [env: TRAINER_TIMEOUT_SECONDS]"),
+    ] = None,
+    source: Annotated[
+        DataSource | None, typer.Option(help="bundled snapshot or live UCI [env: TRAINER_SOURCE]")
+    ] = None,
+    tracking_uri: TrackingOpt = None,
+    no_flow: Annotated[
+        bool, typer.Option("--no-flow", help="run the steps without Prefect")
+    ] = False,
+) -> None:
+    """Run the training flow once: tune, evaluate on adult.test, register, gate, promote."""
+    overrides = _overrides(
+        trials=trials, timeout_seconds=timeout, source=source, mlflow_tracking_uri=tracking_uri
+    )
+    settings = _settings(**overrides)
+    _setup(settings)
+    if no_flow:
+        from trainer.pipeline import run_once
+
+        outcome = run_once(settings)
+        result = {
+            "run_id": outcome.run_id,
+            "version": outcome.version,
+            "promoted": outcome.decision.passed,
+            "reason": outcome.decision.reason,
+            "metrics": outcome.metrics,
+        }
+    else:
+        from trainer.flow import training_flow
+
+        result = training_flow(
+            {k: (v.value if isinstance(v, DataSource) else v) for k, v in overrides.items()}
+        )
+    typer.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+@app.command()
+def schedule(
+    cron: Annotated[
+        str | None,
+        typer.Option(help='cron expression, e.g. "0 3 * * *" [env: TRAINER_SCHEDULE_CRON]'),
+    ] = None,
+    trials: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Serve the training flow on a cron schedule (Prefect ``flow.serve``) until stopped."""
+    from croniter import croniter
+
+    settings = _settings(schedule_cron=cron, trials=trials)
+    if not croniter.is_valid(settings.schedule_cron):
+        raise TrainerError(f"not a valid cron expression: {settings.schedule_cron!r}")
+    _setup(settings)
+    from trainer.flow import training_flow
+
+    training_flow.serve(
+        name="adult-income-scheduled",
+        cron=settings.schedule_cron,
+        parameters={"overrides": _overrides(trials=trials)},
+    )
+
+
+@app.command()
+def models(tracking_uri: TrackingOpt = None) -> None:
+    """List registered versions with their aliases, gate outcome and key metrics."""
+    registry = _registry(tracking_uri)
+    rows = registry.versions()
+    if not rows:
+        typer.echo(f"no versions of {registry.name} yet")
+        return
+    typer.echo(
+        f"{'version':>7} {'alias':<10} {'gate':<9} "
+        f"{'roc_auc':>8} {'acc@0.5':>8} {'f1':>7} {'thresh':>7}"
+    )
+    for r in rows:
+        typer.echo(
+            f"{r['version']:>7} {r['aliases'] or '-':<10} {r['gate'] or '-':<9} "
+            f"{_fmt(r['test_roc_auc']):>8} {_fmt(r['test_accuracy_at_0_5']):>8} "
+            f"{_fmt(r['test_f1']):>7} {_fmt(r['threshold']):>7}"
+        )
+
+
+@app.command()
+def promote(version: str, tracking_uri: TrackingOpt = None) -> None:
+    """Give the serving alias to VERSION (bypasses the gate: a deliberate human decision)."""
+    registry = _registry(tracking_uri)
+    registry.promote(version, "promoted by hand")
+    typer.echo(f"{registry.name} version {version} is now @{registry.alias}")
+
+
+@app.command()
+def rollback(tracking_uri: TrackingOpt = None) -> None:
+    """Move the serving alias back to the previous champion."""
+    registry = _registry(tracking_uri)
+    version = registry.rollback()
+    typer.echo(f"{registry.name} @{registry.alias} rolled back to version {version}")
+
+
+def _registry(tracking_uri: str | None) -> Any:
+    from trainer.registry import Registry, connect
+
+    settings = _settings(mlflow_tracking_uri=tracking_uri)
+    _setup(settings)
+    return Registry(
+        connect(settings.mlflow_tracking_uri), settings.model_name, settings.model_alias
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: every failure ends as one readable line and a non-zero exit code."""
+    try:
+        app(args=argv, prog_name="trainer", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.exceptions.Abort:
+        typer.echo("trainer: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        typer.echo(f"trainer: error: {exc.format_message()}", err=True)
+        return 2
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        typer.echo(f"trainer: invalid setting {where}: {first.get('msg')}", err=True)
+        return 2
+    except TrainerError as exc:
+        typer.echo(f"trainer: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The training pipeline's steps as plain functions; ``flow.py`` runs them as Prefect tasks."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from mlflow.models import infer_signature
+
+from trainer import dataset
+from trainer.evaluate import classification_metrics, save_plots
+from trainer.exceptions import RegistryError
+from trainer.features import frame_columns
+from trainer.pyfunc import AdultIncomeModel
+from trainer.registry import GATE_METRIC, GateDecision, Registry, connect, gate
+from trainer.report import data_report
+from trainer.settings import TrainerSettings
+from trainer.train import TrainedModel, feature_importance, train_model
+
+log = logging.getLogger(__name__)
+
+PIP_REQUIREMENTS = ["xgboost", "numpy", "pandas", "income-stream-scorer"]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]  # prefixed test_*, plus threshold
+    y_test: npt.NDArray[np.int8]
+    probabilities: npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    version: str
+    metrics: dict[str, float]
+    decision: GateDecision
+    wall_seconds: float
+
+
+def check_registry(settings: TrainerSettings) -> Registry:
+    """Connect first, so an unreachable server fails before minutes of training."""
+    return Registry(
+        connect(settings.mlflow_tracking_uri), settings.model_name, settings.model_alias
+    )
+
+
+def load_data(settings: TrainerSettings) -> dataset.AdultData:
+    return dataset.load(settings.source)
+
+
+def train(
+    data: dataset.AdultData,
+    settings: TrainerSettings,
+    params_override: dict[str, Any] | None = None,
+) -> TrainedModel:
+    splits = dataset.split(data, settings.validation_fraction, settings.seed)
+    return train_model(splits, settings, params_override=params_override)
+
+
+def evaluate(trained: TrainedModel, data: dataset.AdultData) -> Evaluation:
+    """Score the untouched official test split once, at the validation-chosen threshold."""
+    bundle = trained.bundle
+    y_test = dataset.labels(data.test)
+    proba = bundle.predict(frame_columns(data.test))
+    raw = classification_metrics(y_test, proba, bundle.threshold)
+    metrics = {f"test_{k}": v for k, v in raw.items()}
+    metrics["threshold"] = bundle.threshold
+    return Evaluation(metrics, y_test, proba)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def log_and_register(
+    settings: TrainerSettings,
+    data: dataset.AdultData,
+    trained: TrainedModel,
+    evaluation: Evaluation,
+) -> tuple[str, str]:
+    """Log params, metrics, plots, report and bundle; register a version: (run id, version)."""
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    mlflow.set_experiment(settings.experiment_name)
+    bundle = trained.bundle
+    bundle.metadata.update(
+        {
+            "metrics": evaluation.metrics,
+            "data_checksum": data.checksum,
+            "data_source": data.source,
+            "git_commit": git_commit(),
+            "params": {k: v for k, v in trained.tuning.params.items() if k != "eval_metric"},
+            "rounds": trained.rounds,
+        }
+    )
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        mlflow.set_tags(
+            {
+                "data_checksum": data.checksum,
+                "data_source": data.source,
+                "git_commit": bundle.metadata["git_commit"],
+            }
+        )
+        params = {k: v for k, v in trained.tuning.params.items() if k != "eval_metric"}
+        mlflow.log_params(
+            {
+                **params,
+                "rounds": trained.rounds,
+                "trials_requested": settings.trials,
+                "trials_completed": trained.tuning.trials_completed,
+                "trials_pruned": trained.tuning.trials_pruned,
+                "validation_fraction": settings.validation_fraction,
+                "n_features": bundle.encoder.n_features,
+            }
+        )
+        mlflow.log_metrics({**evaluation.metrics, "valid_roc_auc": trained.tuning.best_valid_auc})
+        plots = save_plots(
+            evaluation.y_test,
+            evaluation.probabilities,
+            bundle.threshold,
+            feature_importance(bundle),
+            workdir / "plots",
+        )
+        for path in plots:
+            mlflow.log_artifact(str(path), artifact_path="plots")
+        report = data_report(data.train, data.test, workdir / "report")
+        mlflow.log_artifact(str(report), artifact_path="report")
+
+        bundle_dir = bundle.save(workdir / "bundle")
+        example = pd.DataFrame(bundle.reference_records[:5])
+        signature = infer_signature(
+            example, pd.DataFrame({"probability": [0.5], "label": [">50K"]})
+        )
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=AdultIncomeModel(),
+            artifacts={"bundle": str(bundle_dir)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=settings.model_name,
+        )
+        version = str(info.registered_model_version)
+        log.info("run %s registered %s version %s", run.info.run_id, settings.model_name, version)
+        return run.info.run_id, version
+
+
+def gate_and_promote(
+    registry: Registry, settings: TrainerSettings, version: str, metrics: dict[str, float]
+) -> GateDecision:
+    decision = gate(
+        metrics[GATE_METRIC],
+        registry.champion_metric(),
+        settings.gate_min_roc_auc,
+        settings.gate_tolerance,
+    )
+    if decision.passed:
+        registry.promote(version, decision.reason)
+    else:
+        registry.reject(version, decision.reason)
+    log.info(
+        "version %s %s: %s", version, "promoted" if decision.passed else "rejected", decision.reason
+    )
+    return decision
+
+
+def run_once(
+    settings: TrainerSettings, params_override: dict[str, Any] | None = None
+) -> RunOutcome:
+    """The whole pipeline without Prefect (tests and the library use this)."""
+    started = time.perf_counter()
+    registry = check_registry(settings)
+    data = load_data(settings)
+    trained = train(data, settings, params_override)
+    evaluation = evaluate(trained, data)
+    try:
+        run_id, version = log_and_register(settings, data, trained, evaluation)
+    except RegistryError:
+        raise
+    except Exception as exc:
+        raise RegistryError(f"logging to MLflow failed: {exc}") from exc
+    decision = gate_and_promote(registry, settings, version, evaluation.metrics)
+    return RunOutcome(run_id, version, evaluation.metrics, decision, time.perf_counter() - started)

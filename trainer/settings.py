@@ -1,0 +1,39 @@
+"""Every setting of the trainer, and the only place its environment names live."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DataSource(StrEnum):
+    bundled = "bundled"
+    uci = "uci"
+
+
+class TrainerSettings(BaseSettings):
+    """Settings of a training run; env prefix ``TRAINER_`` (plus the standard MLflow name)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINER_", frozen=True, extra="ignore")
+
+    mlflow_tracking_uri: str = Field(
+        default="sqlite:///mlflow.db",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "TRAINER_MLFLOW_TRACKING_URI"),
+    )
+    experiment_name: str = "adult-income"
+    model_name: str = "adult-income"
+    model_alias: str = "champion"
+    source: DataSource = DataSource.bundled
+    seed: int = 42
+    validation_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
+    trials: int = Field(default=25, ge=1)
+    timeout_seconds: float = Field(default=180.0, gt=0)
+    max_rounds: int = Field(default=2000, ge=1)
+    early_stopping_rounds: int = Field(default=50, ge=1)
+    n_jobs: int = Field(default=2, ge=1)
+    gate_min_roc_auc: float = Field(default=0.92, ge=0.0, le=1.0)
+    gate_tolerance: float = Field(default=0.002, ge=0.0, le=1.0)
+    schedule_cron: str = "0 3 * * *"
+    output_dir: str = "trainer-output"
