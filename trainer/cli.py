@@ -7,10 +7,9 @@ import logging
 import sys
 from typing import Annotated, Any
 
-import click
 import typer
-from pydantic import ValidationError
 
+from trainer.cliutil import run_cli
 from trainer.exceptions import TrainerError
 from trainer.settings import DataSource, TrainerSettings
 
@@ -168,27 +167,7 @@ def _fmt(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every failure ends as one readable line and a non-zero exit code."""
-    try:
-        app(args=argv, prog_name="trainer", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code or 0)
-    except click.exceptions.Abort:
-        typer.echo("trainer: aborted", err=True)
-        return 130
-    except click.ClickException as exc:
-        typer.echo(f"trainer: error: {exc.format_message()}", err=True)
-        return 2
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        typer.echo(f"trainer: invalid setting {where}: {first.get('msg')}", err=True)
-        return 2
-    except TrainerError as exc:
-        typer.echo(f"trainer: {exc}", err=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_cli(app, "trainer", argv, (TrainerError,))
 
 
 if __name__ == "__main__":

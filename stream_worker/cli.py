@@ -1,0 +1,166 @@
+"""``stream-worker``: run the broker, the worker, the replay/tail tools, the benchmark, the demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stream_worker.exceptions import ScorerError
+from stream_worker.settings import WorkerSettings
+from trainer.cliutil import run_cli
+
+app = typer.Typer(
+    help="Score applicant records from Kafka. Every option can also be set with its "
+    "environment variable: KAFKA_BOOTSTRAP_SERVERS, MLFLOW_TRACKING_URI, SCORER_*.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    no_args_is_help=True,
+)
+
+BootstrapOpt = Annotated[
+    str | None, typer.Option("--bootstrap", help="Kafka bootstrap [env: KAFKA_BOOTSTRAP_SERVERS]")
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]"),
+]
+
+
+def settings_from(**overrides: Any) -> WorkerSettings:
+    return WorkerSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "kafka", "aiokafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port on 127.0.0.1")] = 9092,
+    log_file: Annotated[Path | None, typer.Option(help="broker output file")] = None,
+) -> None:
+    """Start the embedded Tansu broker on 127.0.0.1 and keep it running until interrupted."""
+    from stream_worker.broker import LocalBroker
+
+    local = LocalBroker(port=port, log_path=log_file)
+    local.start()
+    typer.echo(f"Tansu broker ready at {local.bootstrap} (pid {local.pid}); Ctrl-C stops it")
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while local.running:
+            time.sleep(0.5)
+        raise ScorerError("the broker exited unexpectedly: " + local.output_tail())
+    finally:
+        local.stop()
+
+
+@app.command()
+def run(
+    web_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="[env: SCORER_WEB_PORT]")
+    ] = None,
+    bootstrap: BootstrapOpt = None,
+    tracking_uri: TrackingOpt = None,
+    batch_max: Annotated[int | None, typer.Option(min=1, help="[env: SCORER_BATCH_MAX]")] = None,
+    batch_window: Annotated[
+        float | None, typer.Option(min=0.001, help="seconds [env: SCORER_BATCH_WINDOW_SECONDS]")
+    ] = None,
+) -> None:
+    """Run the scoring worker (creates the topics first if they are missing)."""
+    settings = settings_from(
+        web_port=web_port,
+        kafka_bootstrap_servers=bootstrap,
+        mlflow_tracking_uri=tracking_uri,
+        batch_max=batch_max,
+        batch_window_seconds=batch_window,
+    )
+    from stream_worker.worker import run_worker
+
+    setup_logging(settings.log_level)
+    run_worker(settings)
+
+
+@app.command()
+def produce(
+    rate: Annotated[float, typer.Option(min=0, help="records per second, 0 = flat out")] = 0.0,
+    limit: Annotated[int | None, typer.Option(min=1, help="records to send")] = None,
+    synthetic: Annotated[bool, typer.Option(help="synthetic applicants, not adult.test")] = False,
+    drift: Annotated[bool, typer.Option(help="shift age, hours, marital status, gains")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Replay the bundled test split (or synthetic applicants) into the input topic."""
+    from stream_worker import tools
+    from stream_worker.admin import ensure_topics
+
+    settings = settings_from(kafka_bootstrap_servers=bootstrap)
+    setup_logging("warning")
+    records = tools.synthetic_records(limit or 10000, seed) if synthetic else tools.test_records()
+    if drift:
+        records = tools.apply_drift(records, seed)
+    ensure_topics(
+        settings.kafka_bootstrap_servers,
+        [settings.input_topic, settings.output_topic, settings.dlq_topic],
+        settings.topic_partitions,
+    )
+    stats = tools.produce(
+        settings.kafka_bootstrap_servers, settings.input_topic, records, rate=rate, limit=limit
+    )
+    typer.echo(
+        f"sent {stats.sent} records to {settings.input_topic} in {stats.seconds:.1f}s "
+        f"({stats.sent / max(stats.seconds, 1e-9):,.0f}/s)"
+    )
+
+
+@app.command()
+def consume(
+    limit: Annotated[int | None, typer.Option(min=1, help="stop after N predictions")] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="stop after S seconds of silence")] = 10.0,
+    quiet: Annotated[bool, typer.Option(help="summary only")] = False,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Tail the predictions topic; for replayed test records, report accuracy on known labels."""
+    from stream_worker import tools
+
+    settings = settings_from(kafka_bootstrap_servers=bootstrap)
+    setup_logging("warning")
+    labels = {r["applicant_id"]: r["_label"] for r in tools.test_records()}
+
+    def show(pred: dict[str, Any]) -> None:
+        if not quiet:
+            typer.echo(json.dumps(pred))
+
+    summary = tools.consume(
+        settings.kafka_bootstrap_servers,
+        settings.output_topic,
+        limit=limit,
+        timeout=timeout,
+        labels=labels,
+        on_record=show,
+    )
+    acc = f"{summary.accuracy:.4f}" if summary.accuracy is not None else "n/a"
+    typer.echo(
+        f"{summary.predictions} predictions, {summary.unique_ids} applicants, "
+        f"accuracy on {summary.labelled} labelled: {acc}, versions: {summary.versions}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: every failure ends as one readable line and a non-zero exit code."""
+    return run_cli(app, "stream-worker", argv, (ScorerError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Every Prometheus metric of the worker, created on a registry the caller passes in.
+
+Histograms use millisecond-scale buckets (seconds-scale buckets put every sample in +Inf), and
+batches are observed with one bucket count per batch instead of one call per record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from trainer.dataset import FEATURE_COLUMNS, NEGATIVE_LABEL, POSITIVE_LABEL
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+OUTCOMES = ("scored", "invalid", "error")
+DLQ_REASONS = ("not_json", "not_object", "invalid_utf8", "too_large", "schema", "scoring_error")
+RELOAD_RESULTS = ("success", "failure")
+
+
+def observe_many(histogram: Histogram, values: npt.ArrayLike) -> None:
+    """Add many observations at once: one bucket count per bucket, not one call per value.
+
+    Relies on prometheus_client's per-bucket value objects (``_buckets``, ``_sum``), which
+    have been stable for years; the result is identical to calling ``observe`` per value.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return
+    upper = np.asarray(histogram._upper_bounds, dtype=np.float64)
+    idx = np.searchsorted(upper, arr, side="left")  # value <= bound goes in that bucket
+    counts = np.bincount(idx, minlength=len(upper))
+    for i in np.flatnonzero(counts):
+        histogram._buckets[i].inc(float(counts[i]))
+    histogram._sum.inc(float(arr.sum()))
+
+
+class ScorerMetrics:
+    """The metric contract of DESIGN.md, plus the model-loaded flag and consumer lag."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.records = Counter(
+            "scorer_records", "Input records by outcome", ["outcome"], registry=registry
+        )
+        self.predictions = Counter(
+            "scorer_predictions", "Predictions emitted, by label", ["label"], registry=registry
+        )
+        self.event_latency = Histogram(
+            "scorer_event_latency_seconds",
+            "Input record's Kafka timestamp to scoring",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "scorer_batch_size", "Records per micro-batch", buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.inference = Histogram(
+            "scorer_inference_seconds",
+            "Encode + predict time of one batch",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.score = Histogram(
+            "scorer_score", "Predicted P(>50K)", buckets=SCORE_BUCKETS, registry=registry
+        )
+        self.feature_psi = Gauge(
+            "scorer_feature_drift_psi",
+            "PSI of a feature over the drift window against the training reference",
+            ["feature"],
+            registry=registry,
+        )
+        self.prediction_psi = Gauge(
+            "scorer_prediction_drift_psi",
+            "PSI of the score distribution over the drift window against validation scores",
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "scorer_model_info",
+            "The model version in service (value 1)",
+            ["model_name", "model_version"],
+            registry=registry,
+        )
+        self.model_loaded = Gauge(
+            "scorer_model_loaded", "1 once a model serves, else 0", registry=registry
+        )
+        self.reloads = Counter(
+            "scorer_model_reloads", "Model load attempts by result", ["result"], registry=registry
+        )
+        self.dead_letters = Counter(
+            "scorer_dead_letters",
+            "Records sent to the DLQ, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.unknown_categories = Counter(
+            "scorer_unknown_categories",
+            "Categorical values that were missing or unseen in training (scored as missing)",
+            ["feature"],
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "scorer_consumer_lag",
+            "Fetch high watermark minus the next offset to process",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self._init_series()
+
+    def _init_series(self) -> None:
+        """Create every labelled series at zero so dashboards and alerts see them at once."""
+        for outcome in OUTCOMES:
+            self.records.labels(outcome=outcome)
+        for label in (POSITIVE_LABEL, NEGATIVE_LABEL):
+            self.predictions.labels(label=label)
+        for reason in DLQ_REASONS:
+            self.dead_letters.labels(reason=reason)
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result=result)
+        for feature in FEATURE_COLUMNS:
+            self.feature_psi.labels(feature=feature).set(0.0)
+        self.model_loaded.set(0)
+
+    def set_model(self, name: str, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(model_name=name, model_version=version).set(1)
+        self.model_loaded.set(1)
+
+    def set_drift(self, feature_psi: dict[str, float], prediction_psi: float) -> None:
+        for feature, value in feature_psi.items():
+            self.feature_psi.labels(feature=feature).set(value)
+        self.prediction_psi.set(prediction_psi)
+
+    def count_dead_letters(self, reasons: Iterable[str]) -> None:
+        tally: dict[str, int] = {}
+        for reason in reasons:
+            tally[reason] = tally.get(reason, 0) + 1
+        for reason, n in tally.items():
+            self.dead_letters.labels(reason=reason).inc(n)

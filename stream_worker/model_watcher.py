@@ -1,0 +1,185 @@
+"""Follow the registry's serving alias: load, smoke-test and swap in new versions.
+
+All MLflow calls are blocking and run in a thread; the swap is one attribute assignment, and
+the agent reads ``current`` once per batch, so a batch is always scored by one version.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from stream_worker.exceptions import ModelUnavailableError
+from stream_worker.metrics import ScorerMetrics
+from stream_worker.scoring import LoadedModel
+from trainer.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
+
+BUNDLE_SUBDIR = Path("artifacts") / "bundle"
+
+
+@dataclass(frozen=True)
+class AliasTarget:
+    version: str
+    run_id: str
+
+
+class MlflowModelSource:
+    """Where versions come from: the MLflow registry at ``tracking_uri``."""
+
+    def __init__(self, tracking_uri: str, name: str, alias: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.name = name
+        self.alias = alias
+        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def target(self) -> AliasTarget:
+        try:
+            mv = self._client.get_model_version_by_alias(self.name, self.alias)
+        except MlflowException as exc:
+            raise ModelUnavailableError(f"no {self.name}@{self.alias}: {_one_line(exc)}") from exc
+        except Exception as exc:  # connection errors surface as many types
+            raise ModelUnavailableError(f"registry unreachable: {_one_line(exc)}") from exc
+        return AliasTarget(str(mv.version), str(mv.run_id or ""))
+
+    def download(self, version: str, dest: Path) -> Path:
+        import mlflow.artifacts
+
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{self.name}/{version}",
+                dst_path=str(dest),
+                tracking_uri=self.tracking_uri,
+            )
+        except Exception as exc:
+            raise ModelUnavailableError(
+                f"cannot download version {version}: {_one_line(exc)}"
+            ) from exc
+        return Path(path) / BUNDLE_SUBDIR
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        if not run_id:
+            return {}
+        try:
+            return dict(self._client.get_run(run_id).data.metrics)
+        except Exception:
+            return {}
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+class ModelWatcher:
+    """Holds the model in service; ``poll`` loads a newly aliased version if there is one."""
+
+    def __init__(
+        self, source: MlflowModelSource, metrics: ScorerMetrics, nthread: int | None = None
+    ) -> None:
+        self.source = source
+        self.metrics = metrics
+        self.nthread = nthread
+        self.current: LoadedModel | None = None
+        self.refused: dict[str, str] = {}  # version -> why it was refused
+        self.last_error: str | None = None
+        self.run_metrics: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._workdir = Path(tempfile.mkdtemp(prefix="scorer-models-"))
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def poll(self) -> LoadedModel | None:
+        """Check the alias once; return the new model if one was swapped in, else None.
+
+        Raises ModelUnavailableError if the registry cannot be asked; the current model (if
+        any) keeps serving either way.
+        """
+        with self._lock:
+            try:
+                target = self.source.target()
+            except ModelUnavailableError as exc:
+                self.last_error = str(exc)
+                raise
+            if self.current is not None and target.version == self.current.version:
+                return None
+            if target.version in self.refused:
+                return None
+            return self._load(target)
+
+    def _load(self, target: AliasTarget) -> LoadedModel | None:
+        dest = self._workdir / f"v{target.version}"
+        shutil.rmtree(dest, ignore_errors=True)
+        try:
+            folder = self.source.download(target.version, dest)
+            bundle = ModelBundle.load(folder, nthread=self.nthread)
+            bundle.smoke_test()
+        except ModelUnavailableError as exc:
+            # The registry failed mid-download: not the version's fault; try again next poll.
+            self.last_error = str(exc)
+            self.metrics.reloads.labels(result="failure").inc()
+            log.warning("model version %s not loaded: %s", target.version, exc)
+            return None
+        except Exception as exc:
+            reason = _one_line(exc)
+            self.refused[target.version] = reason
+            self.last_error = f"version {target.version} refused: {reason}"
+            self.metrics.reloads.labels(result="failure").inc()
+            log.error(
+                "model version %s refused, keeping %s: %s",
+                target.version,
+                self.current.version if self.current else "none",
+                reason,
+            )
+            return None
+        loaded = LoadedModel(
+            bundle=bundle,
+            name=self.source.name,
+            version=target.version,
+            run_id=target.run_id,
+            loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        self.run_metrics = self.source.run_metrics(target.run_id)
+        previous = self.current
+        self.current = loaded  # the atomic swap: the next batch uses the new version
+        self.last_error = None
+        self.metrics.reloads.labels(result="success").inc()
+        self.metrics.set_model(loaded.name, loaded.version)
+        log.info(
+            "serving %s version %s (was %s)",
+            loaded.name,
+            loaded.version,
+            previous.version if previous else "none",
+        )
+        return loaded
+
+    def info(self) -> dict[str, Any]:
+        model = self.current
+        if model is None:
+            return {"loaded": False, "error": self.last_error}
+        return {
+            "loaded": True,
+            "name": model.name,
+            "version": model.version,
+            "run_id": model.run_id,
+            "threshold": model.bundle.threshold,
+            "loaded_at": model.loaded_at,
+            "test_metrics": {k: v for k, v in self.run_metrics.items() if k.startswith("test_")},
+            "refused_versions": dict(self.refused),
+            "last_error": self.last_error,
+        }
+
+    def close(self) -> None:
+        shutil.rmtree(self._workdir, ignore_errors=True)

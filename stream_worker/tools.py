@@ -1,0 +1,195 @@
+"""Client tools (kafka-python, synchronous): replay applicants and tail predictions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from trainer import dataset
+
+log = logging.getLogger(__name__)
+
+TEST_ID_PREFIX = "test-"
+DRIFT_FEATURES = ("age", "hours_per_week", "marital_status", "capital_gain")
+
+
+def test_records() -> list[dict[str, Any]]:
+    """The bundled adult.test rows as applicant records, ids ``test-<row>``, label attached."""
+    frame = dataset.load_bundled().test
+    rows: list[dict[str, Any]] = []
+    for i, row in enumerate(frame.itertuples(index=False)):
+        rec = {c: getattr(row, c) for c in dataset.FEATURE_COLUMNS}
+        for c in dataset.NUMERIC_COLUMNS:
+            rec[c] = int(rec[c])
+        for c in dataset.CATEGORICAL_COLUMNS:
+            if not isinstance(rec[c], str):
+                rec[c] = None
+        rec["applicant_id"] = f"{TEST_ID_PREFIX}{i}"
+        rec["_label"] = row.income
+        rows.append(rec)
+    return rows
+
+
+def synthetic_records(n: int, seed: int) -> list[dict[str, Any]]:
+    """Applicants drawn column by column from the training data (independent marginals)."""
+    frame = dataset.load_bundled().train
+    rng = np.random.default_rng(seed)
+    idx = {c: rng.integers(0, len(frame), size=n) for c in dataset.FEATURE_COLUMNS}
+    cols = {c: frame[c].to_numpy() for c in dataset.FEATURE_COLUMNS}
+    out = []
+    for i in range(n):
+        rec: dict[str, Any] = {"applicant_id": f"syn-{seed}-{i}"}
+        for c in dataset.FEATURE_COLUMNS:
+            v = cols[c][idx[c][i]]
+            if c in dataset.NUMERIC_COLUMNS:
+                rec[c] = int(v)
+            else:
+                rec[c] = v if isinstance(v, str) else None
+        out.append(rec)
+    return out
+
+
+def apply_drift(records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Shift a few distributions hard enough to cross PSI 0.2: older, longer hours, unmarried."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for rec in records:
+        r = dict(rec)
+        r["age"] = min(90, int(r["age"]) + 15)
+        r["hours_per_week"] = min(99, int(r["hours_per_week"]) + 15)
+        if rng.random() < 0.6:
+            r["marital_status"] = "Never-married"
+        if rng.random() < 0.15:
+            r["capital_gain"] = int(rng.integers(5000, 30000))
+        out.append(r)
+    return out
+
+
+def wire_value(record: dict[str, Any]) -> bytes:
+    return orjson.dumps({k: v for k, v in record.items() if not k.startswith("_")})
+
+
+@dataclass
+class ProduceStats:
+    sent: int = 0
+    seconds: float = 0.0
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: list[dict[str, Any]],
+    *,
+    rate: float = 0.0,
+    limit: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ProduceStats:
+    """Send records (cycling if ``limit`` exceeds them) at ``rate`` per second (0 = flat out)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        batch_size=256 * 1024,
+        max_request_size=2_000_000,
+        allow_auto_create_topics=False,
+        client_id="income-scorer-produce",
+    )
+    total = limit if limit is not None else len(records)
+    stats = ProduceStats()
+    started = time.perf_counter()
+    try:
+        for i, rec in enumerate(_cycle(records, total)):
+            if rate > 0:
+                due = started + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            producer.send(topic, key=str(rec["applicant_id"]).encode(), value=wire_value(rec))
+            stats.sent += 1
+            if on_progress and stats.sent % 5000 == 0:
+                on_progress(stats.sent)
+        producer.flush()
+    finally:
+        producer.close()
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _cycle(records: list[dict[str, Any]], total: int) -> Iterator[dict[str, Any]]:
+    if not records:
+        return
+    for i in range(total):
+        rec = records[i % len(records)]
+        if i >= len(records):
+            rec = {**rec, "applicant_id": f"{rec['applicant_id']}-r{i // len(records)}"}
+        yield rec
+
+
+@dataclass
+class ConsumeSummary:
+    predictions: int = 0
+    unique_ids: int = 0
+    labelled: int = 0
+    correct: int = 0
+    versions: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+
+def consume(
+    bootstrap: str,
+    topic: str,
+    *,
+    limit: int | None = None,
+    timeout: float = 30.0,
+    from_beginning: bool = True,
+    labels: dict[str, str] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> ConsumeSummary:
+    """Read predictions (no consumer group) until ``limit`` or ``timeout`` s without news."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        client_id="income-scorer-consume",
+        consumer_timeout_ms=int(timeout * 1000),
+    )
+    summary = ConsumeSummary()
+    seen: set[str] = set()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        if from_beginning:
+            consumer.seek_to_beginning(*tps)
+        for msg in consumer:
+            pred = orjson.loads(msg.value)
+            summary.predictions += 1
+            pid = str(pred.get("applicant_id"))
+            seen.add(pid)
+            version = str(pred.get("model_version"))
+            summary.versions[version] = summary.versions.get(version, 0) + 1
+            summary.latencies_ms.append(float(pred.get("latency_ms", 0.0)))
+            if labels is not None and pid in labels:
+                summary.labelled += 1
+                summary.correct += int(pred.get("label") == labels[pid])
+            if on_record:
+                on_record(pred)
+            if limit is not None and summary.predictions >= limit:
+                break
+    finally:
+        consumer.close()
+    summary.unique_ids = len(seen)
+    return summary

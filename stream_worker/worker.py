@@ -1,0 +1,50 @@
+"""Start a worker process: check the broker, create the topics, run the Faust worker."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import faust
+
+from stream_worker.admin import ensure_topics
+from stream_worker.app import create_scorer
+from stream_worker.broker import wait_for_kafka
+from stream_worker.exceptions import BrokerError
+from stream_worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+BROKER_WAIT_SECONDS = 30.0
+
+
+def prepare_topics(settings: WorkerSettings) -> list[str]:
+    """Create input, output and DLQ topics with the configured partition count if missing."""
+    try:
+        wait_for_kafka(settings.kafka_bootstrap_servers, timeout=BROKER_WAIT_SECONDS)
+    except BrokerError as exc:
+        raise BrokerError(
+            f"Kafka at {settings.kafka_bootstrap_servers} is not answering: {exc}"
+        ) from exc
+    return ensure_topics(
+        settings.kafka_bootstrap_servers,
+        [settings.input_topic, settings.output_topic, settings.dlq_topic],
+        settings.topic_partitions,
+    )
+
+
+def run_worker(settings: WorkerSettings) -> None:
+    """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
+    from trainer.registry import configure_http_client
+
+    configure_http_client(timeout_seconds=5, retries=0)
+    created = prepare_topics(settings)
+    if created:
+        log.info("created topics %s with %d partitions", created, settings.topic_partitions)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    scorer = create_scorer(settings)
+    worker = faust.Worker(scorer.app, loglevel=settings.log_level)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        scorer.watcher.close()
