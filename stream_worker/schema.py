@@ -91,6 +91,8 @@ class RecordDecoder:
             return self._decoder.decode(value)
         except msgspec.ValidationError as exc:
             return self._slow_path(value, exc)
+        except UnicodeDecodeError as exc:  # msgspec checks UTF-8 inside strings
+            raise RecordError("invalid_utf8", "InvalidUtf8", f"not UTF-8: {exc.reason}") from exc
         except msgspec.DecodeError as exc:
             try:
                 value.decode("utf-8")

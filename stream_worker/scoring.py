@@ -103,6 +103,18 @@ class BatchScorer:
         return self._drift
 
     def process(self, model: LoadedModel, records: Sequence[InputRecord]) -> BatchResult:
+        """Never raises: whatever cannot be scored comes back as a dead letter."""
+        try:
+            return self._process(model, records)
+        except Exception as exc:  # last line of defence: the stream must not stall
+            log.exception("unexpected failure on a batch of %d; dead-lettering it", len(records))
+            self.metrics.records.labels(outcome="error").inc(len(records))
+            self.metrics.dead_letters.labels(reason="scoring_error").inc(len(records))
+            return BatchResult(
+                dead_letters=[dead_letter(r, type(exc).__name__, str(exc)) for r in records]
+            )
+
+    def _process(self, model: LoadedModel, records: Sequence[InputRecord]) -> BatchResult:
         metrics = self.metrics
         result = BatchResult()
         decoded = self.decoder.decode_batch([r.value for r in records])

@@ -102,7 +102,7 @@ def log_and_register(
     """Log params, metrics, plots, report and bundle; register a version: (run id, version)."""
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-    mlflow.set_experiment(settings.experiment_name)
+    _ensure_experiment(settings)
     bundle = trained.bundle
     bundle.metadata.update(
         {
@@ -165,6 +165,32 @@ def log_and_register(
         version = str(info.registered_model_version)
         log.info("run %s registered %s version %s", run.info.run_id, settings.model_name, version)
         return run.info.run_id, version
+
+
+def artifact_location(settings: TrainerSettings) -> str | None:
+    """Where a new experiment keeps artifacts: the setting, else beside a SQLite store.
+
+    MLflow's own default for a SQLite store is ``./mlruns`` under whatever the working
+    directory happens to be; a folder next to the database keeps store and artifacts together.
+    """
+    if settings.artifact_location:
+        return settings.artifact_location
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.is_absolute():
+            db = Path.cwd() / db
+        return (db.parent / "mlartifacts").as_uri()
+    return None  # a tracking server decides (e.g. --artifacts-destination)
+
+
+def _ensure_experiment(settings: TrainerSettings) -> None:
+    client = mlflow.tracking.MlflowClient()
+    if client.get_experiment_by_name(settings.experiment_name) is None:
+        client.create_experiment(
+            settings.experiment_name, artifact_location=artifact_location(settings)
+        )
+    mlflow.set_experiment(settings.experiment_name)
 
 
 def gate_and_promote(

@@ -36,4 +36,4 @@ class TrainerSettings(BaseSettings):
     gate_min_roc_auc: float = Field(default=0.92, ge=0.0, le=1.0)
     gate_tolerance: float = Field(default=0.002, ge=0.0, le=1.0)
     schedule_cron: str = "0 3 * * *"
-    output_dir: str = "trainer-output"
+    artifact_location: str | None = None
