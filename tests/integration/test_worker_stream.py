@@ -86,22 +86,35 @@ def test_whole_test_split_scored_once_with_offline_probabilities(
     )
 
 
-POISON: list[tuple[bytes, str]] = [
-    (b"{not json", "not_json"),
-    (b"[1, 2, 3]", "not_object"),
-    (orjson.dumps({"age": 30, "fnlwgt": 1, "education_num": 9, "capital_gain": 0,
-                   "capital_loss": 0, "hours_per_week": 40}), "schema"),  # no applicant_id
-    (orjson.dumps({**tools.test_records()[0], "applicant_id": "bad-age", "age": "35"}), "schema"),
-    (orjson.dumps({**tools.test_records()[0], "applicant_id": "bad-hours", "hours_per_week": -5}), "schema"),
-    (b'{"applicant_id": "big", "pad": "' + b"x" * 900_000 + b'"}', "too_large"),
-    (b'{"applicant_id": "\xff\xfe"}', "invalid_utf8"),
-]  # fmt: skip
+def _poison(valid: dict[str, Any]) -> list[tuple[bytes, str]]:
+    """One record of each kind DESIGN.md calls bad, with the DLQ reason it must get."""
+    numeric = {
+        k: valid[k]
+        for k in (
+            "age",
+            "fnlwgt",
+            "education_num",
+            "capital_gain",
+            "capital_loss",
+            "hours_per_week",
+        )
+    }
+    return [
+        (b"{not json", "not_json"),
+        (b"[1, 2, 3]", "not_object"),
+        (orjson.dumps(numeric), "schema"),  # no applicant_id
+        (orjson.dumps({**numeric, "applicant_id": "bad-age", "age": "35"}), "schema"),
+        (orjson.dumps({**numeric, "applicant_id": "bad-hours", "hours_per_week": -5}), "schema"),
+        (b'{"applicant_id": "big", "pad": "' + b"x" * 900_000 + b'"}', "too_large"),
+        (b'{"applicant_id": "\xff\xfe"}', "invalid_utf8"),
+    ]  # fmt: skip
 
 
 def test_poison_records_go_to_dlq_and_neighbours_are_scored(
     worker_stack: WorkerStack, kafka_producer: Any, test_split: list[dict[str, Any]]
 ) -> None:
     worker = worker_stack.start_worker()
+    poison = _poison(test_split[0])
     good = test_split[:40]
     for i, rec in enumerate(good):
         kafka_producer.send(
@@ -110,8 +123,8 @@ def test_poison_records_go_to_dlq_and_neighbours_are_scored(
             value=tools.wire_value(rec),
             partition=0,
         )
-        if i % 5 == 0 and i // 5 < len(POISON):
-            value, _ = POISON[i // 5]
+        if i % 5 == 0 and i // 5 < len(poison):
+            value, _ = poison[i // 5]
             kafka_producer.send(
                 worker_stack.input_topic, key=f"poison-{i}".encode(), value=value, partition=0
             )
@@ -120,11 +133,11 @@ def test_poison_records_go_to_dlq_and_neighbours_are_scored(
     preds = _predictions(worker_stack, len(good))
     assert sorted(p["applicant_id"] for p in preds) == sorted(r["applicant_id"] for r in good)
 
-    dead = consume_all(worker_stack.bootstrap, worker_stack.dlq_topic, len(POISON), 60)
-    assert len(dead) == len(POISON)
+    dead = consume_all(worker_stack.bootstrap, worker_stack.dlq_topic, len(poison), 60)
+    assert len(dead) == len(poison)
     by_key = {d.key: d for d in dead}
-    for i in range(0, 5 * len(POISON), 5):
-        value, reason = POISON[i // 5]
+    for i in range(0, 5 * len(poison), 5):
+        value, reason = poison[i // 5]
         letter = by_key[f"poison-{i}".encode()]
         assert letter.value == value  # the original bytes, unchanged
         headers = {k: v.decode("utf-8", "replace") for k, v in letter.headers}
@@ -135,11 +148,11 @@ def test_poison_records_go_to_dlq_and_neighbours_are_scored(
         assert headers["error_class"]
     text = worker_stack.metrics(worker)
     expected_reasons: dict[str, int] = {}
-    for _, reason in POISON:
+    for _, reason in poison:
         expected_reasons[reason] = expected_reasons.get(reason, 0) + 1
     for reason, count in expected_reasons.items():
         assert _metric(text, "scorer_dead_letters_total", f'reason="{reason}"') == count
-    assert _metric(text, "scorer_records_total", 'outcome="invalid"') == len(POISON)
+    assert _metric(text, "scorer_records_total", 'outcome="invalid"') == len(poison)
 
 
 def test_new_version_is_picked_up_mid_stream_without_loss(

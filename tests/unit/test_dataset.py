@@ -56,8 +56,11 @@ def test_checksum_is_stable(adult: dataset.AdultData) -> None:
 def test_checksum_mismatch_is_refused(tmp_path: Path) -> None:
     folder = _copy_bundle(tmp_path)
     with (folder / "adult.data").open("a") as fh:
-        fh.write("39, State-gov, 1, Bachelors, 13, Never-married, x, y, White, Male, 0, 0, 40, US, <=50K\n")
-    with pytest.raises(DataError, match="checksum mismatch for .*adult.data"):
+        fh.write(
+            "39, State-gov, 1, Bachelors, 13, Never-married, x, y, White, Male, 0, 0, 40, US, "
+            "<=50K\n"
+        )
+    with pytest.raises(DataError, match=r"checksum mismatch for .*adult\.data"):
         dataset.load_bundled(folder)
 
 
