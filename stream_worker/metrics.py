@@ -32,7 +32,8 @@ def observe_many(histogram: Histogram, values: npt.ArrayLike) -> None:
     if arr.size == 0:
         return
     upper = np.asarray(histogram._upper_bounds, dtype=np.float64)
-    idx = np.searchsorted(upper, arr, side="left")  # value <= bound goes in that bucket
+    finite = arr[~np.isnan(arr)]  # like observe(nan): no bucket, but the sum becomes NaN
+    idx = np.searchsorted(upper, finite, side="left")  # value <= bound goes in that bucket
     counts = np.bincount(idx, minlength=len(upper))
     for i in np.flatnonzero(counts):
         histogram._buckets[i].inc(float(counts[i]))

@@ -106,7 +106,13 @@ class RecordDecoder:
         """Not an object, a schema error, or UCI hyphenated names: tell which."""
         try:
             obj = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:  # pragma: no cover - msgspec parsed it already
+        except orjson.JSONDecodeError as exc:  # msgspec stopped at a schema error first
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError as uexc:
+                raise RecordError(
+                    "invalid_utf8", "InvalidUtf8", f"not UTF-8: {uexc.reason}"
+                ) from exc
             raise RecordError("not_json", "JSONDecodeError", f"not JSON: {exc}") from exc
         if not isinstance(obj, dict):
             raise RecordError(
