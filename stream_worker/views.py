@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from faust.web import Request, Response, View
@@ -70,10 +70,11 @@ def register(scorer: Scorer) -> None:
             from aiohttp import web as aioweb
 
             # aiohttp refuses a charset inside content_type=, so set the header as is.
-            return aioweb.Response(
+            response = aioweb.Response(
                 body=generate_latest(scorer.metrics.registry),
                 headers={"Content-Type": CONTENT_TYPE_LATEST},
             )
+            return cast(Response, response)
 
 
 def _broker_connected(scorer: Scorer) -> bool:
