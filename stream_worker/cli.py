@@ -157,6 +157,23 @@ def consume(
     )
 
 
+@app.command()
+def demo(
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials for the demo model")] = 5,
+    limit: Annotated[int | None, typer.Option(min=1, help="records to replay (all 16,281)")] = None,
+    workdir: Annotated[Path, typer.Option(help="logs, stores and data of the run")] = Path(".demo"),
+    keep_running: Annotated[bool, typer.Option(help="leave everything running")] = False,
+) -> None:
+    """End to end on loopback: broker, MLflow, train, worker, Prometheus, replay, summary."""
+    from stream_worker.demo import DemoOptions, run_demo
+
+    setup_logging("warning")
+    run_demo(
+        DemoOptions(workdir=workdir, trials=trials, limit=limit, keep_running=keep_running),
+        typer.echo,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every failure ends as one readable line and a non-zero exit code."""
     return run_cli(app, "stream-worker", argv, (ScorerError,))
