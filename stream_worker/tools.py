@@ -141,6 +141,7 @@ class ConsumeSummary:
     correct: int = 0
     versions: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    last_timestamp: float = 0.0  # Kafka timestamp (s) of the newest prediction read
 
     @property
     def accuracy(self) -> float | None:
@@ -182,6 +183,7 @@ def consume(
             version = str(pred.get("model_version"))
             summary.versions[version] = summary.versions.get(version, 0) + 1
             summary.latencies_ms.append(float(pred.get("latency_ms", 0.0)))
+            summary.last_timestamp = max(summary.last_timestamp, msg.timestamp / 1000.0)
             if labels is not None and pid in labels:
                 summary.labelled += 1
                 summary.correct += int(pred.get("label") == labels[pid])
