@@ -10,10 +10,17 @@ from typing import Any
 import faust
 from prometheus_client import CollectorRegistry
 
+from stream_worker.batching import (
+    PartitionedSender,
+    RawTopic,
+    ack_all,
+    micro_batches,
+    subscribe,
+)
 from stream_worker.exceptions import ModelUnavailableError
 from stream_worker.metrics import ScorerMetrics
 from stream_worker.model_watcher import MlflowModelSource, ModelWatcher
-from stream_worker.scoring import BatchScorer, InputRecord, OutputRecord
+from stream_worker.scoring import BatchScorer, InputRecord
 from stream_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,7 @@ def faust_app(settings: WorkerSettings) -> faust.App:
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
         producer_linger_ms=5,
+        producer_max_batch_size=512 * 1024,
         producer_max_request_size=2_000_000,
         producer_acks=-1,
     )
@@ -86,25 +94,38 @@ def create_scorer(settings: WorkerSettings, registry: CollectorRegistry | None =
         watcher=ModelWatcher(source, metrics, nthread=1),
         batch_scorer=BatchScorer(metrics, settings.max_record_bytes, settings.drift_window),
     )
-    input_topic = app.topic(settings.input_topic, partitions=settings.topic_partitions)
-    output_topic = app.topic(settings.output_topic, partitions=settings.topic_partitions)
-    dlq_topic = app.topic(settings.dlq_topic, partitions=settings.topic_partitions)
+    input_topic = RawTopic(app, topics=[settings.input_topic], partitions=settings.topic_partitions)
+    channel = subscribe(input_topic)  # before start: the consumer subscribes to app.topics
 
-    @app.agent(input_topic, name="score")
-    async def score(stream: Any) -> None:
+    @app.task
+    async def score() -> None:
+        """The scoring loop: micro-batches from the consumer, predictions and dead letters out."""
         await scorer.ready_event().wait()  # nothing is consumed before a model is loaded
-        async for events in stream.take_events(settings.batch_max, settings.batch_window_seconds):
+        aioproducer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+        predictions = PartitionedSender(aioproducer, settings.output_topic)
+        dead_letters = PartitionedSender(aioproducer, settings.dlq_topic)
+        async for messages in micro_batches(
+            channel, settings.batch_max, settings.batch_window_seconds
+        ):
             model = scorer.watcher.current
             assert model is not None
-            records = [_input_record(e) for e in events]
+            records = [_input_record(m) for m in messages]
             result = scorer.batch_scorer.process(model, records)
             scorer.metrics.batch_size.observe(len(records))
-            pending = [_send(app, output_topic.get_topic_name(), r) for r in result.predictions]
-            pending += [_send(app, dlq_topic.get_topic_name(), r) for r in result.dead_letters]
-            # At-least-once: the batch's offsets are acked (and later committed) only after the
-            # broker has acknowledged every record it produced.
-            for fut in await asyncio.gather(*pending):
-                await fut
+            pending = await predictions.send(
+                [(records[r.index].partition, r.key, r.value, []) for r in result.predictions]
+            )
+            pending += await dead_letters.send(
+                [
+                    (records[r.index].partition, r.key, r.value, r.headers)
+                    for r in result.dead_letters
+                ]
+            )
+            # At-least-once: offsets become committable only after the broker has acknowledged
+            # every record this batch produced.
+            if pending:
+                await asyncio.gather(*pending)
+            ack_all(app.consumer, messages)
 
     @app.task
     async def load_first_model() -> None:
@@ -146,15 +167,8 @@ async def _load_until_ready(scorer: Scorer) -> None:
     scorer.ready_event().set()
 
 
-def _input_record(event: Any) -> InputRecord:
-    msg = event.message
+def _input_record(msg: Any) -> InputRecord:
     return InputRecord(msg.key, msg.value, msg.timestamp, msg.topic, msg.partition, msg.offset)
-
-
-async def _send(app: faust.App, topic: str, record: OutputRecord) -> Any:
-    return await app.producer.send(
-        topic, record.key, record.value, None, None, record.headers or None
-    )
 
 
 def _export_lag(scorer: Scorer) -> None:

@@ -51,6 +51,7 @@ class OutputRecord:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    index: int = -1  # position of the input record in its batch
 
 
 @dataclass
@@ -72,7 +73,9 @@ class Prediction(msgspec.Struct):
     latency_ms: float
 
 
-def dead_letter(record: InputRecord, error_class: str, reason: str) -> OutputRecord:
+def dead_letter(
+    record: InputRecord, error_class: str, reason: str, index: int = -1
+) -> OutputRecord:
     """The original bytes unchanged, the original key, and headers saying why and where from."""
     headers = [
         ("error_class", error_class.encode()),
@@ -81,7 +84,7 @@ def dead_letter(record: InputRecord, error_class: str, reason: str) -> OutputRec
         ("source_partition", str(record.partition).encode()),
         ("source_offset", str(record.offset).encode()),
     ]
-    return OutputRecord(record.key, record.value or b"", headers)
+    return OutputRecord(record.key, record.value or b"", headers, index)
 
 
 class BatchScorer:
@@ -111,7 +114,9 @@ class BatchScorer:
             self.metrics.records.labels(outcome="error").inc(len(records))
             self.metrics.dead_letters.labels(reason="scoring_error").inc(len(records))
             return BatchResult(
-                dead_letters=[dead_letter(r, type(exc).__name__, str(exc)) for r in records]
+                dead_letters=[
+                    dead_letter(r, type(exc).__name__, str(exc), i) for i, r in enumerate(records)
+                ]
             )
 
     def _process(self, model: LoadedModel, records: Sequence[InputRecord]) -> BatchResult:
@@ -120,7 +125,7 @@ class BatchScorer:
         decoded = self.decoder.decode_batch([r.value for r in records])
         for rej in decoded.rejections:
             result.dead_letters.append(
-                dead_letter(records[rej.index], rej.error_class, rej.message)
+                dead_letter(records[rej.index], rej.error_class, rej.message, rej.index)
             )
         result.rejections = decoded.rejections
         if decoded.rejections:
@@ -137,7 +142,7 @@ class BatchScorer:
         except Exception as exc:  # a broken model must not stop the stream
             log.exception("scoring failed for a batch of %d", len(decoded.applicants))
             for i in decoded.indices:
-                result.dead_letters.append(dead_letter(records[i], type(exc).__name__, str(exc)))
+                result.dead_letters.append(dead_letter(records[i], type(exc).__name__, str(exc), i))
             metrics.records.labels(outcome="error").inc(len(decoded.indices))
             metrics.dead_letters.labels(reason="scoring_error").inc(len(decoded.indices))
             return result
@@ -155,7 +160,8 @@ class BatchScorer:
         encode = self._encode
         name, version = model.name, model.version
         out = result.predictions
-        for applicant, p, pos, lat in zip(
+        for index, applicant, p, pos, lat in zip(
+            decoded.indices,
             decoded.applicants,
             probabilities.tolist(),
             positive.tolist(),
@@ -172,7 +178,7 @@ class BatchScorer:
                 scored_at,
                 round(lat * 1000.0, 3),
             )
-            out.append(OutputRecord(applicant.applicant_id.encode(), encode(pred)))
+            out.append(OutputRecord(applicant.applicant_id.encode(), encode(pred), [], index))
         result.probabilities = probabilities
 
         n_pos = int(positive.sum())

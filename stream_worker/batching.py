@@ -1,0 +1,117 @@
+"""Micro-batches straight from Faust's consumer, without a Stream per event.
+
+A Faust agent pays for every event: an ``Event`` object, a context switch per queue get, the
+stream's processor chain and one awaited ack each. Measured here that caps a plain agent at
+about 8.8k events/s, whatever the agent does. ``RawTopic`` keeps everything Faust does for a
+topic (subscription, consumer group, flow control and buffer limits, offset tracking and
+commits) but hands the consumer's ``Message`` to the channel queue as it is, and
+``micro_batches`` drains that queue in bulk. Acks go back through ``Message.ack``, the same
+call a stream makes, so Faust's commit bookkeeping is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+from faust.types import Message
+
+POLL_SECONDS = 0.002
+
+
+class RawTopic(faust.Topic):  # type: ignore[misc]
+    """A topic whose queue carries the consumer's messages, not decoded events."""
+
+    def _compile_decode(self) -> None:
+        # Topic compiles ``decode`` from its schema in __init__; replace it with the identity.
+        async def decode(message: Message, *, propagate: bool = False) -> Any:
+            return message
+
+        self.decode = decode  # type: ignore[method-assign]
+
+
+def subscribe(topic: RawTopic) -> Any:
+    """Register the topic with the conductor and return the channel whose queue is fed."""
+    return topic.__aiter__()
+
+
+async def micro_batches(
+    channel: Any, max_records: int, window_seconds: float
+) -> AsyncIterator[list[Message]]:
+    """Yield up to ``max_records`` messages, waiting at most ``window_seconds`` to fill a batch.
+
+    The first message is awaited; then whatever is queued is taken without awaiting, and the
+    window only delays a batch while fewer than ``max_records`` are available.
+    """
+    queue = channel.queue
+    loop = asyncio.get_running_loop()
+    while True:
+        batch = [await queue.get()]
+        deadline = loop.time() + window_seconds
+        while True:
+            while len(batch) < max_records and not queue.empty():
+                batch.append(queue.get_nowait())
+            if len(batch) >= max_records or loop.time() >= deadline:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        yield batch
+
+
+def ack_all(consumer: Any, messages: list[Message]) -> None:
+    """Release the messages to Faust's commit machinery (offsets become committable)."""
+    for message in messages:
+        message.ack(consumer)
+
+
+class PartitionedSender:
+    """Send a batch's records as one aiokafka record batch per output partition.
+
+    A record goes to the output partition numbered like its input partition (modulo the
+    output's partition count): order within an input partition is kept, and for input keyed
+    by applicant id with equal partition counts it is the partition the key hashes to anyway.
+    This skips the per-record partitioner, future and sensor calls of ``producer.send``.
+    """
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        self.producer = producer  # aiokafka.AIOKafkaProducer
+        self.topic = topic
+        self._partitions = 0
+
+    async def _partition_count(self) -> int:
+        if not self._partitions:
+            await self.producer.client._wait_on_metadata(self.topic)
+            found = self.producer.client.cluster.partitions_for_topic(self.topic)
+            self._partitions = len(found or ()) or 1
+        return self._partitions
+
+    async def send(
+        self, records: list[tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]]
+    ) -> list[asyncio.Future[Any]]:
+        """``records`` are (input partition, key, value, headers); returns delivery futures."""
+        if not records:
+            return []
+        n = await self._partition_count()
+        groups: dict[int, list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]] = {}
+        for partition, key, value, headers in records:
+            groups.setdefault(partition % n, []).append((key, value, headers))
+        futures: list[asyncio.Future[Any]] = []
+        for partition, items in groups.items():
+            batch = self.producer.create_batch()
+            for key, value, headers in items:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    futures.append(await self._submit(batch, partition))
+                    batch = self.producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                        raise ValueError(f"record of {len(value)} bytes exceeds the batch size")
+            if batch.record_count():
+                futures.append(await self._submit(batch, partition))
+        return futures
+
+    async def _submit(self, batch: Any, partition: int) -> asyncio.Future[Any]:
+        batch.close()
+        future: asyncio.Future[Any] = await self.producer.send_batch(
+            batch, self.topic, partition=partition
+        )
+        return future
