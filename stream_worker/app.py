@@ -11,9 +11,9 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from stream_worker.batching import (
+    InFlight,
     PartitionedSender,
     RawTopic,
-    ack_all,
     micro_batches,
     subscribe,
 )
@@ -26,6 +26,7 @@ from stream_worker.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 30.0
+MAX_INFLIGHT_BATCHES = 2
 LAG_INTERVAL_SECONDS = 5.0
 
 
@@ -104,6 +105,7 @@ def create_scorer(settings: WorkerSettings, registry: CollectorRegistry | None =
         aioproducer = app.producer._ensure_producer()  # type: ignore[attr-defined]
         predictions = PartitionedSender(aioproducer, settings.output_topic)
         dead_letters = PartitionedSender(aioproducer, settings.dlq_topic)
+        inflight = InFlight(app.consumer, MAX_INFLIGHT_BATCHES)
         async for messages in micro_batches(
             channel, settings.batch_max, settings.batch_window_seconds
         ):
@@ -121,11 +123,9 @@ def create_scorer(settings: WorkerSettings, registry: CollectorRegistry | None =
                     for r in result.dead_letters
                 ]
             )
-            # At-least-once: offsets become committable only after the broker has acknowledged
-            # every record this batch produced.
-            if pending:
-                await asyncio.gather(*pending)
-            ack_all(app.consumer, messages)
+            # At-least-once: the batch's offsets become committable only once the broker has
+            # acknowledged every record it produced; meanwhile the next batch is scored.
+            await inflight.add(pending, messages)
 
     @app.task
     async def load_first_model() -> None:

@@ -115,3 +115,36 @@ class PartitionedSender:
             batch, self.topic, partition=partition
         )
         return future
+
+
+class InFlight:
+    """Batches whose records are sent but not yet acknowledged by the broker.
+
+    Each batch's input messages are acked (made committable) by a task that first awaits all
+    of that batch's delivery futures, so scoring the next batch overlaps the broker round trip
+    of this one. ``add`` waits while ``limit`` batches are outstanding, and re-raises a failed
+    delivery so the worker stops instead of committing past a lost prediction.
+    """
+
+    def __init__(self, consumer: Any, limit: int) -> None:
+        self.consumer = consumer
+        self.limit = limit
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _settle(self, futures: list[asyncio.Future[Any]], messages: list[Message]) -> None:
+        if futures:
+            await asyncio.gather(*futures)
+        ack_all(self.consumer, messages)
+
+    async def add(self, futures: list[asyncio.Future[Any]], messages: list[Message]) -> None:
+        task = asyncio.ensure_future(self._settle(futures, messages))
+        self._tasks.add(task)
+        while len(self._tasks) >= self.limit:
+            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            self._reap(done)
+        self._reap({t for t in self._tasks if t.done()})
+
+    def _reap(self, done: set[asyncio.Task[None]]) -> None:
+        for task in done:
+            self._tasks.discard(task)
+            task.result()  # a failed delivery propagates

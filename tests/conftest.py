@@ -7,22 +7,19 @@ the session.
 
 from __future__ import annotations
 
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kafka_helpers import TopicFactory
+from stack_helpers import ModelStore, WorkerStack
 
 from stream_worker.admin import delete_topics, ensure_topics
-from stream_worker.broker import LocalBroker, free_port, wait_for_kafka
+from stream_worker.broker import LocalBroker, wait_for_kafka
 from stream_worker.exceptions import BrokerError
-from stream_worker.localstack import ManagedProcess, worker_process
 from stream_worker.settings import WorkerSettings
-from trainer.settings import TrainerSettings
 
 
 def _configured_bootstrap() -> str | None:
@@ -128,78 +125,12 @@ def kafka_producer(kafka_bootstrap: str) -> Iterator[Any]:
 # --- MLflow store with a champion, and scoring workers as real processes -------------------
 
 
-@dataclass
-class ModelStore:
-    """A SQLite MLflow store in a temp folder; ``register`` trains and registers a quick version."""
-
-    folder: Path
-
-    @property
-    def uri(self) -> str:
-        return f"sqlite:///{self.folder / 'mlflow.db'}"
-
-    def settings(self, **overrides: Any) -> TrainerSettings:
-        quick = {
-            "mlflow_tracking_uri": self.uri,
-            "trials": 1,
-            "max_rounds": 120,
-            "early_stopping_rounds": 10,
-            "timeout_seconds": 60,
-            "gate_min_roc_auc": 0.5,
-            "gate_tolerance": 1.0,
-        }
-        return TrainerSettings(**{**quick, **overrides})
-
-    def register(self, **overrides: Any) -> str:
-        """Train, register and (through a permissive gate) promote a version; return it."""
-        from trainer.pipeline import run_once
-
-        return run_once(self.settings(**overrides)).version
-
-
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     """A store whose ``adult-income@champion`` is a quickly trained real model."""
     store = ModelStore(tmp_path_factory.mktemp("mlflow"))
     store.register()
     return store
-
-
-@dataclass
-class WorkerStack:
-    """Topics, env and processes of one test's workers (one consumer group)."""
-
-    bootstrap: str
-    env: dict[str, str]
-    folder: Path
-    workers: list[ManagedProcess]
-
-    @property
-    def input_topic(self) -> str:
-        return self.env["SCORER_INPUT_TOPIC"]
-
-    @property
-    def output_topic(self) -> str:
-        return self.env["SCORER_OUTPUT_TOPIC"]
-
-    @property
-    def dlq_topic(self) -> str:
-        return self.env["SCORER_DLQ_TOPIC"]
-
-    def start_worker(self, timeout: float = 90.0, **env: str) -> ManagedProcess:
-        port = free_port()
-        proc = worker_process(
-            {**self.env, **env}, port, self.folder / f"worker-{len(self.workers)}.log"
-        )
-        self.workers.append(proc)
-        proc.start(timeout=timeout)
-        return proc
-
-    def metrics(self, worker: ManagedProcess) -> str:
-        assert worker.ready_url is not None
-        url = worker.ready_url.replace("/health", "/metrics")
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return str(resp.read().decode())
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WorkerStack
+from stack_helpers import WorkerStack
 
 from stream_worker.broker import free_port
 from stream_worker.localstack import ManagedProcess, prometheus_server

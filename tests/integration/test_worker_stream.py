@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from conftest import ModelStore, WorkerStack
 from kafka_helpers import consume_all
+from stack_helpers import ModelStore, WorkerStack
 
 from stream_worker import tools
 from stream_worker.model_watcher import MlflowModelSource
