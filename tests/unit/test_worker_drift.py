@@ -133,3 +133,19 @@ def test_empty_monitor_reports_zero(tiny_bundle: ModelBundle) -> None:
     assert monitor.observed == 0
     assert set(monitor.feature_psi().values()) == {0.0}
     assert monitor.prediction_psi() == 0.0
+
+
+def test_zero_inflated_feature_can_drift() -> None:
+    """Capital gain is 0 for most applicants; its profile must still see a shift in the tail."""
+    from trainer.dataset import load_bundled
+    from trainer.profile import bin_numeric, psi, quantile_edges
+
+    gains = load_bundled().train["capital_gain"].to_numpy()
+    edges = quantile_edges(gains)
+    assert len(edges) >= 4
+    expected = np.bincount(bin_numeric(gains, edges), minlength=len(edges) + 1)
+    shifted = gains.copy()
+    shifted[: len(shifted) // 5] = 20000  # a fifth of applicants now report large gains
+    actual = np.bincount(bin_numeric(shifted, edges), minlength=len(edges) + 1)
+    assert psi(expected, actual) > 0.2
+    assert psi(expected, expected) == 0.0
