@@ -78,8 +78,14 @@ def register(scorer: Scorer) -> None:
 
 
 def _broker_connected(scorer: Scorer) -> bool:
+    """True while the consumer's Kafka client holds an open connection to a broker.
+
+    A worker with no partitions assigned (more workers than partitions) is still healthy,
+    so assignment alone cannot answer this; Faust exposes no public connection state, hence
+    the look at its aiokafka client.
+    """
     try:
-        consumer = scorer.app.consumer
-        return bool(consumer.assignment()) or bool(getattr(consumer, "_active_partitions", None))
-    except Exception:
-        return False
+        client = scorer.app.consumer._thread._consumer._client  # type: ignore[attr-defined]
+        return any(conn.connected() for conn in client._conns.values())
+    except AttributeError:
+        return bool(scorer.app.consumer.assignment())
