@@ -94,26 +94,14 @@ class RecordDecoder:
         except UnicodeDecodeError as exc:  # msgspec checks UTF-8 inside strings
             raise RecordError("invalid_utf8", "InvalidUtf8", f"not UTF-8: {exc.reason}") from exc
         except msgspec.DecodeError as exc:
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError as uexc:
-                raise RecordError(
-                    "invalid_utf8", "InvalidUtf8", f"not UTF-8: {uexc.reason}"
-                ) from exc
-            raise RecordError("not_json", "JSONDecodeError", f"not JSON: {exc}") from exc
+            raise _undecodable(value, exc) from exc
 
     def _slow_path(self, value: bytes, first: msgspec.ValidationError) -> Applicant:
         """Not an object, a schema error, or UCI hyphenated names: tell which."""
         try:
             obj = orjson.loads(value)
         except orjson.JSONDecodeError as exc:  # msgspec stopped at a schema error first
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError as uexc:
-                raise RecordError(
-                    "invalid_utf8", "InvalidUtf8", f"not UTF-8: {uexc.reason}"
-                ) from exc
-            raise RecordError("not_json", "JSONDecodeError", f"not JSON: {exc}") from exc
+            raise _undecodable(value, exc) from exc
         if not isinstance(obj, dict):
             raise RecordError(
                 "not_object", "NotAnObject", f"record is a JSON {type(obj).__name__}, not an object"
@@ -139,6 +127,15 @@ class RecordDecoder:
             add_index(i)
             add_applicant(applicant)
         return batch
+
+
+def _undecodable(value: bytes, exc: Exception) -> RecordError:
+    """Invalid UTF-8 or otherwise not JSON: which one, for the DLQ reason."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as uexc:
+        return RecordError("invalid_utf8", "InvalidUtf8", f"not UTF-8: {uexc.reason}")
+    return RecordError("not_json", "JSONDecodeError", f"not JSON: {exc}")
 
 
 class RecordError(ValueError):

@@ -17,6 +17,7 @@ from stack_helpers import ModelStore, WorkerStack
 from stream_worker import tools
 from stream_worker.model_watcher import MlflowModelSource
 from trainer.bundle import ModelBundle, records_to_columns
+from trainer.dataset import NUMERIC_COLUMNS
 
 pytestmark = pytest.mark.integration
 
@@ -88,17 +89,7 @@ def test_whole_test_split_scored_once_with_offline_probabilities(
 
 def _poison(valid: dict[str, Any]) -> list[tuple[bytes, str]]:
     """One record of each kind DESIGN.md calls bad, with the DLQ reason it must get."""
-    numeric = {
-        k: valid[k]
-        for k in (
-            "age",
-            "fnlwgt",
-            "education_num",
-            "capital_gain",
-            "capital_loss",
-            "hours_per_week",
-        )
-    }
+    numeric = {k: valid[k] for k in NUMERIC_COLUMNS}
     return [
         (b"{not json", "not_json"),
         (b"[1, 2, 3]", "not_object"),

@@ -22,6 +22,8 @@ import yaml
 from pydantic import AliasChoices, AliasPath, TypeAdapter
 from pydantic_settings import BaseSettings
 
+from trainer.dataset import FEATURE_COLUMNS
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -47,22 +49,7 @@ SCRAPE_JOB = "income-scorer"
 
 # The worker's metrics contract (DESIGN.md, "Metrics"): name -> (type, {label: values}).
 # None as values means the label's values are open (features, versions, topics, ...).
-FEATURES = {
-    "age",
-    "workclass",
-    "fnlwgt",
-    "education",
-    "education_num",
-    "marital_status",
-    "occupation",
-    "relationship",
-    "race",
-    "sex",
-    "capital_gain",
-    "capital_loss",
-    "hours_per_week",
-    "native_country",
-}
+FEATURES = set(FEATURE_COLUMNS)
 CONTRACT_METRICS: dict[str, tuple[str, dict[str, set[str] | None]]] = {
     "scorer_records_total": ("counter", {"outcome": {"scored", "invalid", "error"}}),
     "scorer_predictions_total": ("counter", {"label": {">50K", "<=50K"}}),

@@ -10,26 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from trainer.dataset import FEATURE_COLUMNS
 from trainer.report import REPORT_FILENAME, TOP_CATEGORIES, data_report
 
 ADULT_DATA = Path(__file__).resolve().parents[2] / "trainer" / "data" / "adult.data"
-COLUMNS = [
-    "age",
-    "workclass",
-    "fnlwgt",
-    "education",
-    "education_num",
-    "marital_status",
-    "occupation",
-    "relationship",
-    "race",
-    "sex",
-    "capital_gain",
-    "capital_loss",
-    "hours_per_week",
-    "native_country",
-    "income",
-]
+COLUMNS = [*FEATURE_COLUMNS, "income"]
 SECTION_IDS = [
     "row-counts",
     "class-balance",
