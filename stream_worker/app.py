@@ -16,6 +16,7 @@ from stream_worker.batching import (
     RawTopic,
     micro_batches,
     subscribe,
+    use_low_latency_consumer,
 )
 from stream_worker.exceptions import ModelUnavailableError
 from stream_worker.metrics import ScorerMetrics
@@ -84,6 +85,7 @@ def create_scorer(settings: WorkerSettings, registry: CollectorRegistry | None =
     from stream_worker import views
 
     app = faust_app(settings)
+    use_low_latency_consumer(app)
     metrics = ScorerMetrics(registry or CollectorRegistry())
     source = MlflowModelSource(
         settings.mlflow_tracking_uri, settings.model_name, settings.model_alias
