@@ -73,7 +73,7 @@ def faust_app(settings: WorkerSettings) -> faust.App:
         broker_commit_every=settings.batch_max,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
-        producer_linger_ms=5,
+        producer_linger_ms=1,
         producer_max_batch_size=512 * 1024,
         producer_max_request_size=2_000_000,
         producer_acks=-1,
@@ -85,7 +85,6 @@ def create_scorer(settings: WorkerSettings, registry: CollectorRegistry | None =
     from stream_worker import views
 
     app = faust_app(settings)
-    use_low_latency_consumer(app)
     metrics = ScorerMetrics(registry or CollectorRegistry())
     source = MlflowModelSource(
         settings.mlflow_tracking_uri, settings.model_name, settings.model_alias
@@ -99,6 +98,7 @@ def create_scorer(settings: WorkerSettings, registry: CollectorRegistry | None =
     )
     input_topic = RawTopic(app, topics=[settings.input_topic], partitions=settings.topic_partitions)
     channel = subscribe(input_topic)  # before start: the consumer subscribes to app.topics
+    use_low_latency_consumer(app, channel)
 
     @app.task
     async def score() -> None:

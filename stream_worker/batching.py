@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import Message
 
@@ -165,12 +166,86 @@ class _LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type:
 
 
 class LowLatencyConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
-    """Faust's aiokafka consumer with a short fetch wait."""
+    """Faust's aiokafka consumer with a short fetch wait and a lean per-message hand-off.
+
+    Faust's ``_drain_messages`` hands every message to the conductor through
+    ``wait_first(callback(message), suspend_flow.wait())``, two tasks and a wait per message,
+    so a rebalance can interrupt a callback blocked on a full queue. Profiling put that at a
+    quarter of the worker's time. ``_drain_messages`` below is Faust's loop with one change:
+    when the hand-off cannot block (flow not suspended, flow control active, the channel
+    queues not full) the callback is awaited directly; otherwise it takes Faust's path.
+    """
+
+    #: Set by the app: True while handing a message to the conductor cannot block.
+    handoff_cannot_block: Any = None
 
     def _new_consumer_thread(self) -> Any:
         return _LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        suspended = self.suspend_flow.is_set
+        cannot_block = self.handoff_cannot_block or (lambda: False)
+        num_since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(faust_consumer.CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > 100:
+                            await asyncio.sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            if not suspended() and cannot_block():
+                                await callback(message)
+                            else:
+                                await self.wait_first(callback(message), self.suspend_flow.wait())
+                            set_read_offset(tp, offset)
+                    unset_flag(faust_consumer.CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        finally:
+            unset_flag(faust_consumer.CONSUMER_FETCHING)
 
-def use_low_latency_consumer(app: faust.App) -> None:
-    """Make ``app`` create its consumer as a :class:`LowLatencyConsumer` (before it starts)."""
-    app.transport.Consumer = LowLatencyConsumer  # type: ignore[misc]
+
+def use_low_latency_consumer(app: faust.App, channel: Any) -> None:
+    """Make ``app`` create its consumer as a :class:`LowLatencyConsumer` (before it starts).
+
+    ``channel`` is the only subscribed channel; the lean hand-off applies while its queue has
+    room and flow control is not suspended (a rebalance suspends it).
+    """
+    queue = channel.queue
+    flow_control = app.flow_control
+
+    class _Consumer(LowLatencyConsumer):
+        @staticmethod
+        def handoff_cannot_block() -> bool:
+            return flow_control.is_active() and not queue.full()
+
+    app.transport.Consumer = _Consumer  # type: ignore[misc]

@@ -27,7 +27,7 @@ class WorkerSettings(BaseSettings):
     model_name: str = "adult-income"
     model_alias: str = "champion"
     batch_max: int = Field(default=2000, ge=1)
-    batch_window_seconds: float = Field(default=0.02, gt=0)
+    batch_window_seconds: float = Field(default=0.005, gt=0)
     reload_interval_seconds: float = Field(default=10.0, gt=0)
     drift_window: int = Field(default=5000, ge=100)
     max_record_bytes: int = Field(default=65536, ge=1024)
