@@ -174,6 +174,57 @@ def demo(
     )
 
 
+@app.command()
+def bench(
+    records: Annotated[int, typer.Option(min=1, help="pre-produced records for (a), (b)")] = 100000,
+    rate: Annotated[float, typer.Option(min=1, help="records/s offered in (c)")] = 2000.0,
+    latency_seconds: Annotated[float, typer.Option(min=0.1, help="duration of (c)")] = 15.0,
+    naive_records: Annotated[int, typer.Option(min=1, help="records for (d)")] = 2000,
+    two_workers: Annotated[bool, typer.Option(help="repeat (a) with two workers")] = True,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow store with the champion; default: train one in the workdir"),
+    ] = None,
+    json_path: Annotated[Path, typer.Option("--json", help="result file")] = Path(
+        "bench/latest.json"
+    ),
+    workdir: Annotated[Path, typer.Option(help="logs and stores of the run")] = Path(".bench"),
+    profile: Annotated[
+        Path | None, typer.Option(help="py-spy the worker in (a): .svg, .json or raw text")
+    ] = None,
+) -> None:
+    """Benchmark on loopback: throughput, pass-through ceiling, latency, naive baseline, RSS."""
+    from stream_worker.bench import BenchOptions, run_bench
+
+    setup_logging("warning")
+    run_bench(
+        BenchOptions(
+            records=records,
+            rate=rate,
+            latency_seconds=latency_seconds,
+            naive_records=naive_records,
+            two_workers=two_workers,
+            tracking_uri=tracking_uri,
+            json_path=json_path,
+            workdir=workdir,
+            profile=profile,
+        ),
+        typer.echo,
+    )
+
+
+@app.command(hidden=True)
+def passthrough(
+    web_port: Annotated[int | None, typer.Option(min=1, max=65535)] = None,
+) -> None:
+    """A Faust agent that forwards records unscored (the benchmark's framework ceiling)."""
+    from stream_worker.passthrough import run_passthrough
+
+    settings = settings_from(web_port=web_port)
+    setup_logging(settings.log_level)
+    run_passthrough(settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every failure ends as one readable line and a non-zero exit code."""
     return run_cli(app, "stream-worker", argv, (ScorerError,))
