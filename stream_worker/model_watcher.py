@@ -56,10 +56,12 @@ class MlflowModelSource:
         import mlflow.artifacts
 
         try:
+            # The version's physical location from this client: a ``models:/`` URI would be
+            # resolved against the process-wide registry URI (MLFLOW_REGISTRY_URI), which a
+            # parent process may have set to some other store.
+            location = self._client.get_model_version_download_uri(self.name, version)
             path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{self.name}/{version}",
-                dst_path=str(dest),
-                tracking_uri=self.tracking_uri,
+                artifact_uri=location, dst_path=str(dest), tracking_uri=self.tracking_uri
             )
         except Exception as exc:
             raise ModelUnavailableError(

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import faust
+import mlflow
 
 from stream_worker.admin import ensure_topics
 from stream_worker.app import create_scorer
@@ -38,6 +39,9 @@ def run_worker(settings: WorkerSettings) -> None:
     from trainer.registry import configure_http_client
 
     configure_http_client(timeout_seconds=5, retries=0)
+    # One store for tracking and registry, whatever MLFLOW_REGISTRY_URI the parent exported.
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     created = prepare_topics(settings)
     if created:
         log.info("created topics %s with %d partitions", created, settings.topic_partitions)
