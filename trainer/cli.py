@@ -35,14 +35,40 @@ def _settings(**overrides: Any) -> TrainerSettings:
     return TrainerSettings(**clean)
 
 
+class _LogFormatter(logging.Formatter):
+    """Log lines without tracebacks for the failures the CLI reports itself in one line.
+
+    Prefect logs a failed task or flow with its traceback; for a ``TrainerError`` (bad data,
+    unreachable registry) that is noise above the one readable line that ends the run.
+    Unexpected exceptions keep their traceback.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info and isinstance(record.exc_info[1], TrainerError)):
+            return super().format(record)
+        # Prefect's own API handler may already have cached the traceback text on the record.
+        cached = record.exc_text
+        record.exc_text = None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's API name
+        if ei and isinstance(ei[1], TrainerError):
+            return ""
+        return super().formatException(ei)
+
+
 def _setup(settings: TrainerSettings) -> None:
     from trainer.registry import configure_http_client
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("alembic", "mlflow", "urllib3", "httpx", "prefect"):
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    for noisy in ("alembic", "mlflow", "httpx", "prefect"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # "Retrying ..." before the real error
     configure_http_client()
 
 
@@ -88,11 +114,21 @@ def run(
             "metrics": outcome.metrics,
         }
     else:
+        # Prefect's own INFO chatter (temporary server, run names) would bury the result and
+        # the one-line error; its warnings and errors still show. Read when prefect loads.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         from trainer.flow import training_flow
 
-        result = training_flow(
-            {k: (v.value if isinstance(v, DataSource) else v) for k, v in overrides.items()}
-        )
+        flow_overrides = {
+            k: (v.value if isinstance(v, DataSource) else v) for k, v in overrides.items()
+        }
+        try:
+            result = training_flow(flow_overrides)
+        except TrainerError:
+            raise
+        except Exception as exc:  # Prefect itself failed (its server, its state): one line too
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise TrainerError(f"the training flow failed: {type(exc).__name__}: {first}") from exc
     text = json.dumps(result, indent=2, sort_keys=True)
     if result_json is not None:
         result_json.write_text(text)
@@ -181,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     # one fit). Passive waiting costs nothing measurable when the machine is idle. It must be
     # set before xgboost is first imported, which the commands below do lazily.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Prefect's temporary server migrates its database on first start: 20 s, its default
+    # patience, is not enough on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    # A self-hosted service does not report usage to vendors unless asked to.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     return run_cli(app, "trainer", argv, (TrainerError,))
 
 

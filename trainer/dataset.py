@@ -209,8 +209,11 @@ def load_uci() -> AdultData:  # pragma: no cover - needs the UCI site, unreachab
     return from_ucimlrepo(repo.data.features, repo.data.targets)
 
 
-def load(source: DataSource = DataSource.bundled) -> AdultData:
-    return load_uci() if source is DataSource.uci else load_bundled()
+def load(source: DataSource = DataSource.bundled, data_dir: str | Path | None = None) -> AdultData:
+    """The live UCI copy, or the bundled snapshot (from ``data_dir`` when given), verified."""
+    if source is DataSource.uci:
+        return load_uci()
+    return load_bundled(Path(data_dir) if data_dir is not None else None)
 
 
 def labels(frame: pd.DataFrame) -> np.ndarray[Any, np.dtype[np.int8]]:

@@ -14,13 +14,12 @@ import mlflow
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from mlflow.models import infer_signature
 
 from trainer import dataset
 from trainer.evaluate import classification_metrics, save_plots
 from trainer.exceptions import RegistryError
 from trainer.features import frame_columns
-from trainer.pyfunc import AdultIncomeModel
+from trainer.pyfunc import AdultIncomeModel, model_signature
 from trainer.registry import GATE_METRIC, GateDecision, Registry, connect, gate
 from trainer.report import data_report
 from trainer.settings import TrainerSettings
@@ -55,7 +54,7 @@ def check_registry(settings: TrainerSettings) -> Registry:
 
 
 def load_data(settings: TrainerSettings) -> dataset.AdultData:
-    return dataset.load(settings.source)
+    return dataset.load(settings.source, settings.data_dir)
 
 
 def train(
@@ -110,7 +109,7 @@ def log_and_register(
             "data_checksum": data.checksum,
             "data_source": data.source,
             "git_commit": git_commit(),
-            "params": {k: v for k, v in trained.tuning.params.items() if k != "eval_metric"},
+            "params": {k: v for k, v in trained.params.items() if k != "eval_metric"},
             "rounds": trained.rounds,
         }
     )
@@ -123,7 +122,7 @@ def log_and_register(
                 "git_commit": bundle.metadata["git_commit"],
             }
         )
-        params = {k: v for k, v in trained.tuning.params.items() if k != "eval_metric"}
+        params = {k: v for k, v in trained.params.items() if k != "eval_metric"}
         mlflow.log_params(
             {
                 **params,
@@ -150,9 +149,7 @@ def log_and_register(
 
         bundle_dir = bundle.save(workdir / "bundle")
         example = pd.DataFrame(bundle.reference_records[:5])
-        signature = infer_signature(
-            example, pd.DataFrame({"probability": [0.5], "label": [">50K"]})
-        )
+        signature = model_signature()
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=AdultIncomeModel(),

@@ -8,8 +8,32 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
 from trainer.bundle import ModelBundle, records_to_columns
+from trainer.dataset import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
+
+
+def model_signature() -> ModelSignature:
+    """Inputs: the 14 snake_case features; outputs: probability and label.
+
+    Written out rather than inferred from a sample: inference types the numbers ``long`` and
+    marks a categorical required whenever the sample happens to have no gap, and MLflow's
+    schema enforcement then refuses float inputs and missing categories that the model scores
+    fine. Numbers are ``any`` because JSON callers send ints and pandas callers floats, and
+    MLflow will not convert int64 to double; the encoder casts both to float32.
+    """
+    inputs = Schema(
+        [
+            ColSpec(DataType.string, c, required=False)
+            if c in CATEGORICAL_COLUMNS
+            else ColSpec(AnyType(), c)
+            for c in FEATURE_COLUMNS
+        ]
+    )
+    outputs = Schema([ColSpec(DataType.double, "probability"), ColSpec(DataType.string, "label")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 class AdultIncomeModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]

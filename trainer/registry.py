@@ -149,14 +149,21 @@ class Registry:
             found = self.client.search_model_versions(f"name='{self.name}'")
         except MlflowException as exc:
             raise RegistryError(f"cannot list versions of {self.name}: {_first_line(exc)}") from exc
+        if not found:
+            return []
         champion = self.champion_version()
+        # search_model_versions leaves ``aliases`` empty on some stores (SQLite among them);
+        # the registered model carries the authoritative alias -> version map.
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (self.client.get_registered_model(self.name).aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
         rows = []
         for mv in sorted(found, key=lambda m: int(m.version)):
             metrics = self.metrics(str(mv.version))
             rows.append(
                 {
                     "version": str(mv.version),
-                    "aliases": ",".join(getattr(mv, "aliases", []) or []),
+                    "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
                     "champion": str(mv.version) == champion,
                     "gate": mv.tags.get("gate", ""),
                     "reason": mv.tags.get("gate_reason", ""),

@@ -37,3 +37,6 @@ class TrainerSettings(BaseSettings):
     gate_tolerance: float = Field(default=0.002, ge=0.0, le=1.0)
     schedule_cron: str = "0 3 * * *"
     artifact_location: str | None = None
+    # The bundled snapshot's folder by default; another folder laid out the same way (the three
+    # files and SHA256SUMS) for tests and air-gapped mirrors. Not a CLI option on purpose.
+    data_dir: str | None = None

@@ -21,6 +21,16 @@ from trainer.tune import TrainingData, TuningResult, fit, tune
 log = logging.getLogger(__name__)
 
 REFERENCE_SAMPLE_SIZE = 200
+REFIT_ETA_FACTOR = 0.5
+"""The final refit on train + validation uses this fraction of the tuned learning rate and
+1 / fraction times the early-stopped rounds (the same total step size, in smaller steps).
+
+Chosen by 5-fold cross-validation of the whole pipeline on adult.data (never adult.test):
+against refitting at the tuned rate with rounds × (1 + validation fraction), half the rate
+and twice the rounds raised out-of-fold ROC-AUC from 0.93021 to 0.93079 and accuracy at 0.5
+from 0.8742 to 0.8753, better in every fold. Adding rounds for the larger refit data set made
+things slightly worse at either rate (×1.0 > ×1.1 > ×1.2 > … > ×1.6), so it adds none.
+"""
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,7 @@ class TrainedModel:
     tuning: TuningResult
     rounds: int
     valid_probabilities: npt.NDArray[np.float64]
+    params: dict[str, Any]  # what the final booster was trained with (tuned, overrides, refit eta)
 
 
 def encode_splits(splits: dataset.Splits) -> Encoded:
@@ -89,12 +100,13 @@ def train_model(
     valid_proba = _sigmoid_corrected(valid_margin, offset)
     threshold = best_f1_threshold(enc.data.y_valid, valid_proba)
 
-    # Refit on train + validation with proportionally more rounds: more data, same recipe.
-    refit_rounds = max(1, round(rounds * (1.0 + settings.validation_fraction)))
+    # Refit on train + validation: the tuned recipe in smaller steps (see REFIT_ETA_FACTOR).
+    final_params = {**params, "eta": float(params.get("eta", 0.3)) * REFIT_ETA_FACTOR}
+    refit_rounds = max(1, round(rounds / REFIT_ETA_FACTOR))
     x_all = np.vstack([enc.data.x_train, enc.data.x_valid])
     y_all = np.concatenate([enc.data.y_train, enc.data.y_valid])
     final = xgb.train(
-        params,
+        final_params,
         xgb.DMatrix(x_all, y_all, feature_names=enc.data.feature_names),
         num_boost_round=refit_rounds,
     )
@@ -115,7 +127,7 @@ def train_model(
         refit_rounds,
         threshold,
     )
-    return TrainedModel(bundle, tuning, refit_rounds, valid_proba)
+    return TrainedModel(bundle, tuning, refit_rounds, valid_proba, final_params)
 
 
 def _records(frame: Any) -> list[dict[str, Any]]:
