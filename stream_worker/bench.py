@@ -45,7 +45,7 @@ from stream_worker import tools
 from stream_worker.admin import delete_topics, ensure_topics
 from stream_worker.broker import LOOPBACK, LocalBroker, free_port
 from stream_worker.exceptions import ScorerError
-from stream_worker.localstack import ManagedProcess, _bin, worker_process
+from stream_worker.localstack import ManagedProcess, console_script, worker_process
 from stream_worker.microbench import compare_decoders
 from stream_worker.settings import WorkerSettings
 
@@ -191,7 +191,7 @@ class _Run:
         port = free_port()
         return ManagedProcess(
             name,
-            [_bin("stream-worker"), "passthrough", "--web-port", str(port)],
+            [console_script("stream-worker"), "passthrough", "--web-port", str(port)],
             f"http://{LOOPBACK}:{port}/health",
             self.logs / f"{name}.log",
             env=dict(env),
@@ -800,7 +800,7 @@ def latency_phase(run: _Run) -> LatencyResult:
             clock.ready.wait(60)
             if clock.error is not None:
                 raise ScorerError(f"cannot consume {clock.topic}: {clock.error}")
-            argv = [_bin("stream-worker"), "produce", "--rate", f"{opts.rate:g}"]
+            argv = [console_script("stream-worker"), "produce", "--rate", f"{opts.rate:g}"]
             argv += ["--limit", str(total)]
             log_path = run.logs / "latency-producer.log"
             producer = run.launch(ManagedProcess("latency-producer", argv, None, log_path, env))
@@ -866,7 +866,7 @@ def _start_profiler(run: _Run, target: ManagedProcess, out: Path) -> ManagedProc
     fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
     out.parent.mkdir(parents=True, exist_ok=True)
     argv = [
-        _bin("py-spy"), "record",
+        console_script("py-spy"), "record",
         "--pid", str(target.pid),
         "--output", str(out.resolve()),
         "--format", fmt,

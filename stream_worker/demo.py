@@ -24,7 +24,7 @@ from stream_worker.exceptions import ScorerError
 from stream_worker.localstack import (
     LOOPBACK,
     ManagedProcess,
-    _bin,
+    console_script,
     mlflow_server,
     prometheus_server,
     worker_process,
@@ -162,7 +162,7 @@ def _train(tracking: str, opts: DemoOptions, work: Path) -> str:
     }
     outcome_file = work / "training-outcome.json"
     argv = [
-        _bin("trainer"), "run",
+        console_script("trainer"), "run",
         "--trials", str(opts.trials),
         "--timeout", str(opts.train_timeout),
         "--result-json", str(outcome_file),

@@ -116,7 +116,7 @@ class ManagedProcess:
         self.stop()
 
 
-def _bin(name: str) -> str:
+def console_script(name: str) -> str:
     """A console script of this environment (next to the running interpreter)."""
     candidate = Path(sys.executable).parent / name
     if candidate.exists():
@@ -131,7 +131,7 @@ def mlflow_server(folder: Path, port: int) -> ManagedProcess:
     """``mlflow server`` on loopback with a SQLite store and a local artifact folder."""
     folder.mkdir(parents=True, exist_ok=True)
     argv = [
-        _bin("mlflow"), "server",
+        console_script("mlflow"), "server",
         "--host", LOOPBACK,
         "--port", str(port),
         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
@@ -165,7 +165,7 @@ def worker_process(env: Mapping[str, str], web_port: int, log_path: Path) -> Man
     """``stream-worker run``; ready when /health says broker and model are up."""
     return ManagedProcess(
         "worker",
-        [_bin("stream-worker"), "run", "--web-port", str(web_port)],
+        [console_script("stream-worker"), "run", "--web-port", str(web_port)],
         f"http://{LOOPBACK}:{web_port}/health",
         log_path,
         env=dict(env),
