@@ -211,11 +211,11 @@ def _fmt(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every failure ends as one readable line and a non-zero exit code."""
-    # XGBoost's OpenMP threads spin-wait between parallel sections by default. When anything
-    # else wants the same cores (a worker, a second job: this is a 2-core machine) the spinning
-    # threads starve each other and training runs 50-100x slower (measured: 1.2 s -> 84 s for
-    # one fit). Passive waiting costs nothing measurable when the machine is idle. It must be
-    # set before xgboost is first imported, which the commands below do lazily.
+    # OpenMP threads (XGBoost's, when n_jobs > 1) spin-wait between parallel sections by
+    # default. When anything else wants the same cores (the worker: this is a 2-core machine)
+    # the spinning threads starve each other: one fit went from 3 s to 40-90 s, measured.
+    # Passive waiting is slower on an idle machine but never pathological. It must be set
+    # before xgboost is first imported, which the commands below do lazily.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Prefect's temporary server migrates its database on first start: 20 s, its default
     # patience, is not enough on a busy 2-core machine.
