@@ -109,8 +109,9 @@ def log_and_register(
             "data_checksum": data.checksum,
             "data_source": data.source,
             "git_commit": git_commit(),
-            "params": {k: v for k, v in trained.params.items() if k != "eval_metric"},
+            "params": _loggable(trained.params),
             "rounds": trained.rounds,
+            "members": _members(trained),
         }
     )
     with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
@@ -122,11 +123,11 @@ def log_and_register(
                 "git_commit": bundle.metadata["git_commit"],
             }
         )
-        params = {k: v for k, v in trained.params.items() if k != "eval_metric"}
         mlflow.log_params(
             {
-                **params,
+                **_loggable(trained.params),
                 "rounds": trained.rounds,
+                "ensemble_size": len(trained.members),
                 "trials_requested": settings.trials,
                 "trials_completed": trained.tuning.trials_completed,
                 "trials_pruned": trained.tuning.trials_pruned,
@@ -135,6 +136,7 @@ def log_and_register(
             }
         )
         mlflow.log_metrics({**evaluation.metrics, "valid_roc_auc": trained.tuning.best_valid_auc})
+        mlflow.log_dict({"members": bundle.metadata["members"]}, "ensemble.json")
         plots = save_plots(
             evaluation.y_test,
             evaluation.probabilities,
@@ -162,6 +164,18 @@ def log_and_register(
         version = str(info.registered_model_version)
         log.info("run %s registered %s version %s", run.info.run_id, settings.model_name, version)
         return run.info.run_id, version
+
+
+def _loggable(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k != "eval_metric"}
+
+
+def _members(trained: TrainedModel) -> list[dict[str, Any]]:
+    """Each averaged refit: its parameters, rounds and its trial's validation AUC."""
+    return [
+        {"params": _loggable(m.params), "rounds": m.rounds, "valid_roc_auc": m.valid_auc}
+        for m in trained.members
+    ]
 
 
 def artifact_location(settings: TrainerSettings) -> str | None:

@@ -32,6 +32,9 @@ class TrainerSettings(BaseSettings):
     timeout_seconds: float = Field(default=180.0, gt=0)
     max_rounds: int = Field(default=2000, ge=1)
     early_stopping_rounds: int = Field(default=50, ge=1)
+    # The final model averages the refits of this many best trials (one booster; see
+    # trainer/train.py for the cross-validation that chose 3). 1 = the best trial alone.
+    ensemble_size: int = Field(default=3, ge=1)
     # One XGBoost thread: on this data (26k rows, 88 columns) a round is too small for a second
     # thread to pay for its synchronisation: 2,000 rounds take 5.1 s on one thread, 6.4 s on
     # two waiting passively, 3.1 s on two spinning, which turns into 40-90 s as soon as anything

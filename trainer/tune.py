@@ -31,6 +31,16 @@ class TrainingData:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """A completed trial: its full parameters and its early-stopped booster."""
+
+    params: dict[str, Any]
+    rounds: int
+    valid_auc: float
+    booster: xgb.Booster
+
+
+@dataclass(frozen=True)
 class TuningResult:
     params: dict[str, Any]
     best_rounds: int
@@ -40,6 +50,8 @@ class TuningResult:
     booster: xgb.Booster | None = (
         None  # the best trial's early-stopped model, reused for the threshold
     )
+    # The best completed trials, best first (at most ``keep`` of them): the ensemble's members.
+    candidates: tuple[Candidate, ...] = ()
 
 
 def base_params(seed: int, n_jobs: int) -> dict[str, Any]:
@@ -127,34 +139,38 @@ def tune(
     n_jobs: int,
     max_rounds: int,
     early_stopping_rounds: int,
+    keep: int = 1,
 ) -> TuningResult:
+    """Run the study; keep the ``keep`` best trials' boosters (ties: the earlier trial first)."""
     ratio = data.negative_positive_ratio
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, trials))
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=100)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     study.enqueue_trial(default_params(ratio))
-    rounds: dict[int, int] = {}
-    best: dict[str, Any] = {"score": -1.0, "booster": None}
+    kept: list[tuple[float, int, Candidate]] = []  # (-score, trial number, candidate), sorted
 
     def objective(trial: optuna.Trial) -> float:
         params = {**base_params(seed, n_jobs), **suggest(trial, ratio)}
         booster = fit(data, params, max_rounds, early_stopping_rounds, [_PruningCallback(trial)])
-        rounds[trial.number] = int(booster.best_iteration) + 1
         score = float(booster.best_score)
-        if score > best["score"]:
-            best.update(score=score, booster=booster)
+        candidate = Candidate(params, int(booster.best_iteration) + 1, score, booster)
+        kept.append((-score, trial.number, candidate))
+        kept.sort(key=lambda k: (k[0], k[1]))
+        del kept[max(keep, 1) :]
         return score
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(objective, n_trials=trials, timeout=timeout_seconds)
-    best_trial = study.best_trial
     states = [t.state for t in study.trials]
-    log.info("tuning: best valid AUC %.5f after %d trials", best_trial.value, len(states))
+    candidates = tuple(c for _, _, c in kept)
+    best = candidates[0]  # the study's best trial: the same (score, trial number) order
+    log.info("tuning: best valid AUC %.5f after %d trials", best.valid_auc, len(states))
     return TuningResult(
-        params={**base_params(seed, n_jobs), **best_trial.params},
-        best_rounds=rounds[best_trial.number],
-        best_valid_auc=float(best_trial.value or 0.0),
+        params=best.params,
+        best_rounds=best.rounds,
+        best_valid_auc=best.valid_auc,
         trials_completed=states.count(optuna.trial.TrialState.COMPLETE),
         trials_pruned=states.count(optuna.trial.TrialState.PRUNED),
-        booster=best["booster"],
+        booster=best.booster,
+        candidates=candidates,
     )
