@@ -128,6 +128,7 @@ def log_and_register(
                 **_loggable(trained.params),
                 "rounds": trained.rounds,
                 "ensemble_size": len(trained.members),
+                "max_trees": settings.max_trees,
                 "trials_requested": settings.trials,
                 "trials_completed": trained.tuning.trials_completed,
                 "trials_pruned": trained.tuning.trials_pruned,

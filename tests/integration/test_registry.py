@@ -95,11 +95,13 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
         run_id, version = pipeline.log_and_register(good, data, trained, evaluation)
         decision = pipeline.gate_and_promote(registry, good, version, evaluation.metrics)
         first = pipeline.RunOutcome(run_id, version, evaluation.metrics, decision, 0.0)
-        # at most 5 stumps (refit as 10 half-size steps): registered, then refused by the gate
+        # at most 5 stumps (refit in smaller steps): registered, then refused by the gate
         weak = pipeline.run_once(_settings(uri, max_rounds=5), params_override=WEAK_OVERRIDE)
-        # a tuned run (3 trials, so a 3-member ensemble); the wider tolerance keeps the gate
-        # about the champion comparison, not about how good 3 short trials happen to be
-        second = pipeline.run_once(_settings(uri, trials=3, max_rounds=300, gate_tolerance=0.05))
+        # a tuned run (3 trials, room for a 3-member ensemble); the wider tolerance keeps the
+        # gate about the champion comparison, not about how good 3 short trials happen to be
+        second = pipeline.run_once(
+            _settings(uri, trials=3, max_rounds=300, gate_tolerance=0.05, max_trees=5000)
+        )
         yield History(
             uri=uri,
             client=MlflowClient(tracking_uri=uri, registry_uri=uri),

@@ -15,10 +15,17 @@ from trainer.ensemble import average
 from trainer.exceptions import TrainerError
 from trainer.features import FeatureEncoder, frame_columns
 from trainer.settings import TrainerSettings
-from trainer.train import TrainedModel, train_model
+from trainer.train import REFIT_ETA_FACTOR, TrainedModel, refit_plan, train_model
+from trainer.tune import Candidate
 
 SETTINGS = TrainerSettings(
-    trials=4, max_rounds=60, early_stopping_rounds=10, seed=7, n_jobs=1, ensemble_size=3
+    trials=4,
+    max_rounds=60,
+    early_stopping_rounds=10,
+    seed=7,
+    n_jobs=1,
+    ensemble_size=3,
+    max_trees=2000,  # room for all three members: the budget has its own test below
 )
 
 
@@ -147,3 +154,40 @@ def test_trained_bundle_scores_as_the_average_of_the_member_refits(
     want = 1.0 / (1.0 + np.exp(-np.mean(corrected, axis=0)))
     got = bundle.predict(frame_columns(adult.test))
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _candidates(*rounds: int) -> list[Candidate]:
+    booster = xgb.Booster()
+    return [Candidate({"eta": 0.1}, r, 0.9 - i / 100, booster) for i, r in enumerate(rounds)]
+
+
+@pytest.mark.parametrize(
+    ("rounds", "max_trees", "members", "factor"),
+    [
+        ((100, 100, 100), 1200, 3, REFIT_ETA_FACTOR),  # all fit at the small steps
+        ((100, 150, 100), 1000, 2, REFIT_ETA_FACTOR),  # the worst member is dropped
+        ((300, 100, 100), 1000, 1, 0.3),  # the best alone, in steps just large enough
+        ((900, 100), 600, 1, 1.0),  # never larger than the tuned rate: over budget
+    ],
+)
+def test_refit_plan_keeps_the_final_booster_within_the_tree_budget(
+    rounds: tuple[int, ...], max_trees: int, members: int, factor: float
+) -> None:
+    candidates = _candidates(*rounds)
+    chosen, got = refit_plan(candidates, max_trees)
+    assert chosen == candidates[:members]
+    assert got == pytest.approx(factor)
+    trees = sum(round(c.rounds / got) for c in chosen)
+    assert trees <= max_trees or got == 1.0
+
+
+def test_a_tight_tree_budget_shrinks_the_final_booster(
+    splits: dataset.Splits, trained: TrainedModel
+) -> None:
+    assert trained.rounds <= SETTINGS.max_trees
+    budget = max(c.rounds for c in trained.tuning.candidates)  # < 3 members at 1/4 rate fit
+    tight = SETTINGS.model_copy(update={"max_trees": budget})
+    small = train_model(splits, tight, tuning=trained.tuning)
+    assert small.rounds <= budget
+    assert len(small.members) < len(trained.members)
+    assert small.bundle.booster.num_boosted_rounds() == small.rounds
