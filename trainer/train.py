@@ -117,9 +117,10 @@ def refit_plan(members: Sequence[Candidate], max_trees: int) -> tuple[list[Candi
     """Which members to refit, and the learning-rate factor, within a budget of trees.
 
     Scoring time grows with the trees (about 19 µs per record per 1,000 trees in a worker
-    here, see ``TrainerSettings.max_trees``), so the final booster is held to ``max_trees``: the most of the best members that fit when
-    refit at ``REFIT_ETA_FACTOR``; if not even the best one fits, the best alone in steps
-    just large enough to fit, never larger than its tuned rate.
+    here, see ``TrainerSettings.max_trees``), so the final booster is held to ``max_trees``:
+    the most of the best members that fit when refit at ``REFIT_ETA_FACTOR``; if not even the
+    best one fits, the best alone in steps just large enough to fit, never larger than its
+    tuned rate.
     """
     for k in range(len(members), 0, -1):
         if sum(m.rounds for m in members[:k]) / REFIT_ETA_FACTOR <= max_trees:
