@@ -26,11 +26,10 @@ def _model(booster: xgb.Booster) -> dict[str, Any]:
     return doc
 
 
-def _scaled_tree(tree: dict[str, Any], factor: float, tree_id: int) -> dict[str, Any]:
+def _scaled_tree(tree: dict[str, Any], factor: float) -> dict[str, Any]:
     """A copy of ``tree`` with leaf values times ``factor`` (a leaf has no left child)."""
     leaves = [left == -1 for left in tree["left_children"]]
     out = dict(tree)
-    out["id"] = tree_id
     out["base_weights"] = [
         w * factor if leaf else w for w, leaf in zip(tree["base_weights"], leaves, strict=True)
     ]
@@ -67,12 +66,12 @@ def average(boosters: Sequence[xgb.Booster]) -> xgb.Booster:
 
     factor = 1.0 / len(boosters)
     trees = [
-        _scaled_tree(tree, factor, 0)
+        _scaled_tree(tree, factor)
         for doc in docs
         for tree in doc["learner"]["gradient_booster"]["model"]["trees"]
     ]
     for i, tree in enumerate(trees):
-        tree["id"] = i
+        tree["id"] = i  # ids run 0..n-1 across the merged model
     base_margin = sum(_logit(_base_score(p["base_score"])) for p in learner_params) * factor
     merged = docs[0]
     merged["learner"]["learner_model_param"]["base_score"] = f"[{_sigmoid(base_margin)!r}]"

@@ -111,7 +111,7 @@ def log_and_register(
             "git_commit": git_commit(),
             "params": _loggable(trained.params),
             "rounds": trained.rounds,
-            "members": _members(trained),
+            "members": _member_records(trained),
         }
     )
     with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
@@ -171,7 +171,7 @@ def _loggable(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k != "eval_metric"}
 
 
-def _members(trained: TrainedModel) -> list[dict[str, Any]]:
+def _member_records(trained: TrainedModel) -> list[dict[str, Any]]:
     """Each averaged refit: its parameters, rounds and its trial's validation AUC."""
     return [
         {"params": _loggable(m.params), "rounds": m.rounds, "valid_roc_auc": m.valid_auc}

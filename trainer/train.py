@@ -102,15 +102,15 @@ def _members(
     settings: TrainerSettings,
     params_override: dict[str, Any] | None,
 ) -> list[Candidate]:
-    """The trials the final model averages, each with its early-stopped booster."""
+    """The trials the final model may average, each with its early-stopped booster.
+
+    Overridden or hand-given parameters make one candidate, fitted here.
+    """
     if tuning.candidates and not params_override:
         return list(tuning.candidates[: settings.ensemble_size])
     params = {**tuning.params, **(params_override or {})}
-    early = tuning.booster
-    if early is None or params_override:
-        early = fit(enc.data, params, settings.max_rounds, settings.early_stopping_rounds)
-    rounds = int(early.best_iteration) + 1
-    return [Candidate(params, rounds, tuning.best_valid_auc, early)]
+    early = fit(enc.data, params, settings.max_rounds, settings.early_stopping_rounds)
+    return [Candidate(params, int(early.best_iteration) + 1, tuning.best_valid_auc, early)]
 
 
 def refit_plan(members: Sequence[Candidate], max_trees: int) -> tuple[list[Candidate], float]:

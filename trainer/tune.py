@@ -42,15 +42,14 @@ class Candidate:
 
 @dataclass(frozen=True)
 class TuningResult:
+    """``params`` and ``best_valid_auc`` are the best trial's; ``candidates`` holds the best
+    completed trials, best first (at most ``keep``), with their early-stopped boosters. A
+    result built by hand (fixed parameters, no study) has no candidates."""
+
     params: dict[str, Any]
-    best_rounds: int
     best_valid_auc: float
     trials_completed: int
     trials_pruned: int
-    booster: xgb.Booster | None = (
-        None  # the best trial's early-stopped model, reused for the threshold
-    )
-    # The best completed trials, best first (at most ``keep`` of them): the ensemble's members.
     candidates: tuple[Candidate, ...] = ()
 
 
@@ -167,10 +166,8 @@ def tune(
     log.info("tuning: best valid AUC %.5f after %d trials", best.valid_auc, len(states))
     return TuningResult(
         params=best.params,
-        best_rounds=best.rounds,
         best_valid_auc=best.valid_auc,
         trials_completed=states.count(optuna.trial.TrialState.COMPLETE),
         trials_pruned=states.count(optuna.trial.TrialState.PRUNED),
-        booster=best.booster,
         candidates=candidates,
     )

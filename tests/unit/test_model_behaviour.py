@@ -34,7 +34,6 @@ SETTINGS = TrainerSettings(max_rounds=300, early_stopping_rounds=20, seed=42, n_
 def _quick_tuning() -> TuningResult:
     return TuningResult(
         params={**base_params(SETTINGS.seed, SETTINGS.n_jobs), **QUICK_PARAMS},
-        best_rounds=0,
         best_valid_auc=float("nan"),
         trials_completed=0,
         trials_pruned=0,
