@@ -52,7 +52,7 @@ def broker(
     log_file: Annotated[Path | None, typer.Option(help="broker output file")] = None,
 ) -> None:
     """Start the embedded Tansu broker on 127.0.0.1 and keep it running until interrupted."""
-    from stream_worker.broker import LocalBroker
+    from stream_worker.devtools.broker import LocalBroker
 
     local = LocalBroker(port=port, log_path=log_file)
     local.start()
@@ -86,7 +86,7 @@ def run(
         batch_max=batch_max,
         batch_window_seconds=batch_window,
     )
-    from stream_worker.worker import run_worker
+    from stream_worker.runtime.worker import run_worker
 
     setup_logging(settings.log_level)
     run_worker(settings)
@@ -102,8 +102,8 @@ def produce(
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """Replay the bundled test split (or synthetic applicants) into the input topic."""
-    from stream_worker import tools
-    from stream_worker.admin import ensure_topics
+    from stream_worker.devtools import replay as tools
+    from stream_worker.runtime.admin import ensure_topics
 
     settings = settings_from(kafka_bootstrap_servers=bootstrap)
     setup_logging("warning")
@@ -132,7 +132,7 @@ def consume(
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """Tail the predictions topic; for replayed test records, report accuracy on known labels."""
-    from stream_worker import tools
+    from stream_worker.devtools import replay as tools
 
     settings = settings_from(kafka_bootstrap_servers=bootstrap)
     setup_logging("warning")
@@ -165,7 +165,7 @@ def demo(
     keep_running: Annotated[bool, typer.Option(help="leave everything running")] = False,
 ) -> None:
     """End to end on loopback: broker, MLflow, train, worker, Prometheus, replay, summary."""
-    from stream_worker.demo import DemoOptions, run_demo
+    from stream_worker.devtools.demo import DemoOptions, run_demo
 
     setup_logging("warning")
     run_demo(
@@ -194,7 +194,7 @@ def bench(
     ] = None,
 ) -> None:
     """Benchmark on loopback: throughput, pass-through ceiling, latency, naive baseline, RSS."""
-    from stream_worker.bench import BenchOptions, run_bench
+    from stream_worker.devtools.bench.runner import BenchOptions, run_bench
 
     setup_logging("warning")
     run_bench(
@@ -218,7 +218,7 @@ def passthrough(
     web_port: Annotated[int | None, typer.Option(min=1, max=65535)] = None,
 ) -> None:
     """A Faust agent that forwards records unscored (the benchmark's framework ceiling)."""
-    from stream_worker.passthrough import run_passthrough
+    from stream_worker.devtools.passthrough import run_passthrough
 
     settings = settings_from(web_port=web_port)
     setup_logging(settings.log_level)

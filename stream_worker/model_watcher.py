@@ -19,9 +19,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from stream_worker.exceptions import ModelUnavailableError
-from stream_worker.metrics import ScorerMetrics
-from stream_worker.scoring import LoadedModel
-from trainer.bundle import ModelBundle
+from stream_worker.scoring.metrics import ScorerMetrics
+from stream_worker.scoring.scorer import LoadedModel
+from trainer.model.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream_worker.broker import free_port
-from stream_worker.localstack import ManagedProcess, worker_process
+from stream_worker.devtools.broker import free_port
+from stream_worker.devtools.processes import ManagedProcess, worker_process
 from trainer.settings import TrainerSettings
 
 

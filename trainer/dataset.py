@@ -14,45 +14,16 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from trainer.exceptions import DataError
+from trainer.model.columns import (
+    CATEGORICAL_COLUMNS,
+    FEATURE_COLUMNS,
+    NEGATIVE_LABEL,
+    NUMERIC_COLUMNS,
+    POSITIVE_LABEL,
+    TARGET,
+)
 from trainer.settings import DataSource
 
-NUMERIC_COLUMNS: tuple[str, ...] = (
-    "age",
-    "fnlwgt",
-    "education_num",
-    "capital_gain",
-    "capital_loss",
-    "hours_per_week",
-)
-CATEGORICAL_COLUMNS: tuple[str, ...] = (
-    "workclass",
-    "education",
-    "marital_status",
-    "occupation",
-    "relationship",
-    "race",
-    "sex",
-    "native_country",
-)
-FEATURE_COLUMNS: tuple[str, ...] = (
-    "age",
-    "workclass",
-    "fnlwgt",
-    "education",
-    "education_num",
-    "marital_status",
-    "occupation",
-    "relationship",
-    "race",
-    "sex",
-    "capital_gain",
-    "capital_loss",
-    "hours_per_week",
-    "native_country",
-)
-TARGET = "income"
-POSITIVE_LABEL = ">50K"
-NEGATIVE_LABEL = "<=50K"
 RAW_COLUMNS: tuple[str, ...] = (*FEATURE_COLUMNS, TARGET)
 DATA_FILES: tuple[str, ...] = ("adult.data", "adult.test")
 

@@ -18,7 +18,7 @@ import pandas as pd
 from trainer import dataset
 from trainer.evaluate import classification_metrics, save_plots
 from trainer.exceptions import RegistryError
-from trainer.features import frame_columns
+from trainer.model.features import frame_columns
 from trainer.pyfunc import AdultIncomeModel, model_signature
 from trainer.registry import GATE_METRIC, GateDecision, Registry, connect, gate
 from trainer.report import data_report

@@ -11,8 +11,8 @@ import pandas as pd
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
-from trainer.bundle import ModelBundle, records_to_columns
-from trainer.dataset import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
+from trainer.model.bundle import ModelBundle, records_to_columns
+from trainer.model.columns import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
 
 
 def model_signature() -> ModelSignature:

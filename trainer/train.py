@@ -12,10 +12,11 @@ import numpy.typing as npt
 import xgboost as xgb
 
 from trainer import dataset, ensemble
-from trainer.bundle import ModelBundle, class_weight_offset
 from trainer.evaluate import best_f1_threshold
-from trainer.features import EncodedBatch, FeatureEncoder, frame_columns
-from trainer.profile import ReferenceProfile
+from trainer.model import columns
+from trainer.model.bundle import ModelBundle, class_weight_offset
+from trainer.model.features import EncodedBatch, FeatureEncoder, frame_columns
+from trainer.model.profile import ReferenceProfile
 from trainer.settings import TrainerSettings
 from trainer.tune import Candidate, TrainingData, TuningResult, fit, tune
 
@@ -219,7 +220,7 @@ def _records(frame: Any) -> list[dict[str, Any]]:
     n = len(frame)
     return [
         {
-            c: (int(v) if c in dataset.NUMERIC_COLUMNS else v)
+            c: (int(v) if c in columns.NUMERIC_COLUMNS else v)
             for c, v in ((c, cols[c][i]) for c in cols)
         }
         for i in range(n)

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from stack_helpers import WorkerStack
 
-from stream_worker.broker import free_port
-from stream_worker.localstack import ManagedProcess, prometheus_server
-from stream_worker.monitoring_files import dashboards, local_prometheus_config
+from stream_worker.devtools.broker import free_port
+from stream_worker.devtools.monitoring_files import dashboards, local_prometheus_config
+from stream_worker.devtools.processes import ManagedProcess, prometheus_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

@@ -21,9 +21,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from trainer import dataset, pipeline
-from trainer.bundle import ModelBundle
 from trainer.exceptions import RegistryError
-from trainer.features import frame_columns
+from trainer.model import columns
+from trainer.model.bundle import ModelBundle
+from trainer.model.features import frame_columns
 from trainer.registry import Registry, connect
 from trainer.settings import TrainerSettings
 from trainer.train import REFIT_ETA_FACTOR
@@ -159,12 +160,12 @@ def test_registered_bundle_reproduces_in_memory_probabilities(
 def test_pyfunc_model_from_the_registry_gives_the_same_probabilities(history: History) -> None:
     mlflow.set_tracking_uri(history.uri)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")
-    frame = history.data.test[list(dataset.FEATURE_COLUMNS)]
+    frame = history.data.test[list(columns.FEATURE_COLUMNS)]
     out = model.predict(frame)
     assert isinstance(out, pd.DataFrame)
     np.testing.assert_array_equal(out["probability"].to_numpy(), history.first_probabilities)
     # JSON callers send whole numbers as ints: the signature must not refuse them
-    as_ints = frame.astype({c: "int64" for c in dataset.NUMERIC_COLUMNS})
+    as_ints = frame.astype({c: "int64" for c in columns.NUMERIC_COLUMNS})
     np.testing.assert_array_equal(
         model.predict(as_ints)["probability"].to_numpy(), history.first_probabilities
     )

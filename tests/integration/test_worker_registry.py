@@ -14,9 +14,9 @@ import pytest
 from kafka_helpers import consume_all
 from stack_helpers import ModelStore, WorkerStack
 
-from stream_worker import tools
-from stream_worker.broker import free_port
-from stream_worker.localstack import ManagedProcess, mlflow_server
+from stream_worker.devtools import replay as tools
+from stream_worker.devtools.broker import free_port
+from stream_worker.devtools.processes import ManagedProcess, mlflow_server
 from trainer.pipeline import run_once
 
 pytestmark = pytest.mark.integration
@@ -79,7 +79,7 @@ def test_worker_waits_for_a_model_before_consuming(
 ) -> None:
     empty_store = f"sqlite:///{tmp_path / 'empty.db'}"
     port = free_port()
-    from stream_worker.localstack import worker_process
+    from stream_worker.devtools.processes import worker_process
 
     worker = worker_process(
         {**worker_stack.env, "MLFLOW_TRACKING_URI": empty_store}, port, tmp_path / "w.log"

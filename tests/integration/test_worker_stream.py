@@ -14,10 +14,10 @@ import pytest
 from kafka_helpers import consume_all
 from stack_helpers import ModelStore, WorkerStack
 
-from stream_worker import tools
+from stream_worker.devtools import replay as tools
 from stream_worker.model_watcher import MlflowModelSource
-from trainer.bundle import ModelBundle, records_to_columns
-from trainer.dataset import NUMERIC_COLUMNS
+from trainer.model.bundle import ModelBundle, records_to_columns
+from trainer.model.columns import NUMERIC_COLUMNS
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from trainer.bundle import ModelBundle, records_to_columns
-from trainer.dataset import FEATURE_COLUMNS, AdultData, labels, load_bundled
-from trainer.features import FeatureEncoder, frame_columns
-from trainer.profile import ReferenceProfile
+from trainer.dataset import AdultData, labels, load_bundled
+from trainer.model.bundle import ModelBundle, records_to_columns
+from trainer.model.columns import FEATURE_COLUMNS
+from trainer.model.features import FeatureEncoder, frame_columns
+from trainer.model.profile import ReferenceProfile
 
 TINY_TRAIN_ROWS = 2000
 TINY_ROUNDS = 20

@@ -22,7 +22,7 @@ import yaml
 from pydantic import AliasChoices, AliasPath, TypeAdapter
 from pydantic_settings import BaseSettings
 
-from trainer.dataset import FEATURE_COLUMNS
+from trainer.model.columns import FEATURE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -10,6 +10,7 @@ import pytest
 
 from trainer import dataset
 from trainer.exceptions import DataError
+from trainer.model import columns
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_cleaning_strips_dots_and_maps_question_marks(adult: dataset.AdultData) 
 
 
 def test_dtypes_are_enforced(adult: dataset.AdultData) -> None:
-    for col in dataset.NUMERIC_COLUMNS:
+    for col in columns.NUMERIC_COLUMNS:
         assert adult.train[col].dtype == "float64"
     assert adult.train["age"].min() >= 17
 

@@ -10,10 +10,10 @@ import pytest
 import xgboost as xgb
 
 from trainer import dataset
-from trainer.bundle import ModelBundle, class_weight_offset
 from trainer.ensemble import average
 from trainer.exceptions import TrainerError
-from trainer.features import FeatureEncoder, frame_columns
+from trainer.model.bundle import ModelBundle, class_weight_offset
+from trainer.model.features import FeatureEncoder, frame_columns
 from trainer.settings import TrainerSettings
 from trainer.train import REFIT_ETA_FACTOR, TrainedModel, refit_plan, train_model
 from trainer.tune import Candidate

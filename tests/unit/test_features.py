@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from trainer import dataset
-from trainer.bundle import records_to_columns
-from trainer.features import MODEL_EXCLUDED, FeatureEncoder, frame_columns
+from trainer.model import columns
+from trainer.model.bundle import records_to_columns
+from trainer.model.features import MODEL_EXCLUDED, FeatureEncoder, frame_columns
 
 VOCAB = {
     "workclass": ["Private", "State-gov"],
@@ -64,8 +65,8 @@ def fitted(adult: dataset.AdultData) -> FeatureEncoder:
 def test_layout_is_numeric_then_one_block_per_categorical_in_order() -> None:
     encoder = FeatureEncoder(VOCAB)
     names = encoder.feature_names
-    assert names[:6] == list(dataset.NUMERIC_COLUMNS)
-    expected_blocks = [f"{c}__{v}" for c in dataset.CATEGORICAL_COLUMNS for v in VOCAB[c]]
+    assert names[:6] == list(columns.NUMERIC_COLUMNS)
+    expected_blocks = [f"{c}__{v}" for c in columns.CATEGORICAL_COLUMNS for v in VOCAB[c]]
     assert names[6:] == expected_blocks
     assert encoder.n_features == len(names) == 6 + sum(len(v) for v in VOCAB.values())
 
@@ -104,13 +105,13 @@ def test_missing_or_unseen_category_encodes_as_an_all_zero_block(missing: object
     assert row == complete
     assert sum(v for name, v in row.items() if "__" in name) == len(VOCAB) - 1
     batch = encoder.codes(records_to_columns([_record(occupation=missing)]))
-    assert batch.codes[0, dataset.CATEGORICAL_COLUMNS.index("occupation")] == -1
+    assert batch.codes[0, columns.CATEGORICAL_COLUMNS.index("occupation")] == -1
 
 
 def test_vocabulary_is_learned_sorted_without_missing_values(
     adult: dataset.AdultData, fitted: FeatureEncoder
 ) -> None:
-    for col in dataset.CATEGORICAL_COLUMNS:
+    for col in columns.CATEGORICAL_COLUMNS:
         vocab = fitted.vocabularies[col]
         assert list(vocab) == sorted(adult.train[col].dropna().unique())
         assert "?" not in vocab
@@ -123,16 +124,16 @@ def test_excluded_column_leaves_the_matrix_but_keeps_its_codes() -> None:
     assert "education__Bachelors" not in lean.feature_names
     assert "fnlwgt" not in lean.feature_names
     assert lean.n_features == full.n_features - len(VOCAB["education"]) - 1
-    columns = records_to_columns([_record(), _record(education="Masters", fnlwgt=1.0)])
-    batch = lean.codes(columns)
+    records = records_to_columns([_record(), _record(education="Masters", fnlwgt=1.0)])
+    batch = lean.codes(records)
     # codes still cover every input feature: the drift profile watches all 14
-    assert batch.numeric.shape == (2, len(dataset.NUMERIC_COLUMNS))
-    assert batch.codes.shape == (2, len(dataset.CATEGORICAL_COLUMNS))
-    edu = dataset.CATEGORICAL_COLUMNS.index("education")
+    assert batch.numeric.shape == (2, len(columns.NUMERIC_COLUMNS))
+    assert batch.codes.shape == (2, len(columns.CATEGORICAL_COLUMNS))
+    edu = columns.CATEGORICAL_COLUMNS.index("education")
     assert batch.codes[:, edu].tolist() == [0, 2]
     # the lean matrix is the full one with those columns dropped
     keep = [full.feature_names.index(name) for name in lean.feature_names]
-    np.testing.assert_array_equal(lean.matrix(batch), full.matrix(full.codes(columns))[:, keep])
+    np.testing.assert_array_equal(lean.matrix(batch), full.matrix(full.codes(records))[:, keep])
 
 
 def test_unknown_excluded_column_is_refused() -> None:
@@ -144,8 +145,8 @@ def test_default_fit_keeps_the_excluded_columns_out_of_the_model(fitted: Feature
     assert set(fitted.excluded) == set(MODEL_EXCLUDED) == {"education", "fnlwgt"}
     for col in MODEL_EXCLUDED:
         assert not any(n == col or n.startswith(f"{col}__") for n in fitted.feature_names)
-    assert set(fitted.categorical) == set(dataset.CATEGORICAL_COLUMNS)
-    assert set(fitted.numeric) == set(dataset.NUMERIC_COLUMNS)
+    assert set(fitted.categorical) == set(columns.CATEGORICAL_COLUMNS)
+    assert set(fitted.numeric) == set(columns.NUMERIC_COLUMNS)
 
 
 def test_to_dict_from_dict_round_trip_through_json(
@@ -184,12 +185,12 @@ def test_numpy_path_equals_frame_path_and_an_independent_encoding(
     from_frame = fitted.encode(frame_columns(frame))
     # the worker's path: numpy arrays per column (object arrays for categoricals)
     arrays = {
-        **{c: frame[c].to_numpy(dtype=np.float64) for c in dataset.NUMERIC_COLUMNS},
-        **{c: frame[c].to_numpy(dtype=object) for c in dataset.CATEGORICAL_COLUMNS},
+        **{c: frame[c].to_numpy(dtype=np.float64) for c in columns.NUMERIC_COLUMNS},
+        **{c: frame[c].to_numpy(dtype=object) for c in columns.CATEGORICAL_COLUMNS},
     }
     from_arrays = fitted.encode(arrays)
     # the record path: JSON-like dicts, as /predict and the stream see them
-    records = frame[list(dataset.FEATURE_COLUMNS)].to_dict(orient="records")
+    records = frame[list(columns.FEATURE_COLUMNS)].to_dict(orient="records")
     from_records = fitted.encode(records_to_columns(records))
     assert from_frame.dtype == np.float32
     assert from_frame.shape == (len(frame), fitted.n_features)
@@ -199,5 +200,5 @@ def test_numpy_path_equals_frame_path_and_an_independent_encoding(
 
 
 def test_empty_batch_encodes_to_an_empty_matrix(fitted: FeatureEncoder) -> None:
-    columns: dict[str, list[object]] = {c: [] for c in dataset.FEATURE_COLUMNS}
-    assert fitted.encode(columns).shape == (0, fitted.n_features)
+    empty: dict[str, list[object]] = {c: [] for c in columns.FEATURE_COLUMNS}
+    assert fitted.encode(empty).shape == (0, fitted.n_features)

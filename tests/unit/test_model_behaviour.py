@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from trainer import dataset
-from trainer.bundle import records_to_columns
 from trainer.evaluate import best_f1_threshold
-from trainer.features import frame_columns
+from trainer.model.bundle import records_to_columns
+from trainer.model.features import frame_columns
 from trainer.settings import TrainerSettings
 from trainer.train import TrainedModel, train_model
 from trainer.tune import TuningResult, base_params

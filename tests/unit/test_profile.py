@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from trainer import dataset
-from trainer.features import EncodedBatch, FeatureEncoder, frame_columns
-from trainer.profile import ReferenceProfile, bin_numeric, psi, quantile_edges
+from trainer.model import columns
+from trainer.model.features import EncodedBatch, FeatureEncoder, frame_columns
+from trainer.model.profile import ReferenceProfile, bin_numeric, psi, quantile_edges
 
 
 def test_psi_is_zero_for_identical_distributions() -> None:
@@ -86,7 +87,7 @@ def test_profile_covers_every_input_feature_even_ones_the_model_excludes(
 ) -> None:
     encoder, _, profile = reference
     assert encoder.excluded  # the test is only meaningful while something is excluded
-    assert sorted(profile.features) == sorted(dataset.FEATURE_COLUMNS)
+    assert sorted(profile.features) == sorted(columns.FEATURE_COLUMNS)
 
 
 def test_profile_proportions_describe_the_reference_data(
@@ -112,7 +113,7 @@ def test_feature_bins_of_the_reference_data_reproduce_its_profile(
 ) -> None:
     encoder, batch, profile = reference
     bins = profile.feature_bins(encoder, batch)
-    assert sorted(bins) == sorted(dataset.FEATURE_COLUMNS)
+    assert sorted(bins) == sorted(columns.FEATURE_COLUMNS)
     for feature, idx in bins.items():
         counts = np.bincount(idx, minlength=profile.n_bins(feature))
         assert len(counts) == profile.n_bins(feature)

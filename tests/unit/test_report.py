@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainer.dataset import FEATURE_COLUMNS
+from trainer.model.columns import FEATURE_COLUMNS
 from trainer.report import REPORT_FILENAME, TOP_CATEGORIES, data_report
 
 ADULT_DATA = Path(__file__).resolve().parents[2] / "trainer" / "data" / "adult.data"

@@ -9,11 +9,11 @@ import numpy.typing as npt
 import pandas as pd
 import pytest
 
-from stream_worker.drift import DriftMonitor, _Window
-from trainer.bundle import ModelBundle
+from stream_worker.scoring.drift import DriftMonitor, _Window
 from trainer.dataset import AdultData
-from trainer.features import FeatureEncoder, frame_columns
-from trainer.profile import ReferenceProfile
+from trainer.model.bundle import ModelBundle
+from trainer.model.features import FeatureEncoder, frame_columns
+from trainer.model.profile import ReferenceProfile
 
 WINDOW = 500
 
@@ -138,7 +138,7 @@ def test_empty_monitor_reports_zero(tiny_bundle: ModelBundle) -> None:
 def test_zero_inflated_feature_can_drift() -> None:
     """Capital gain is 0 for most applicants; its profile must still see a shift in the tail."""
     from trainer.dataset import load_bundled
-    from trainer.profile import bin_numeric, psi, quantile_edges
+    from trainer.model.profile import bin_numeric, psi, quantile_edges
 
     gains = load_bundled().train["capital_gain"].to_numpy()
     edges = quantile_edges(gains)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from stream_worker.metrics import (
+from stream_worker.scoring.metrics import (
     DLQ_REASONS,
     LATENCY_BUCKETS,
     OUTCOMES,
@@ -15,7 +15,7 @@ from stream_worker.metrics import (
     ScorerMetrics,
     observe_many,
 )
-from trainer.dataset import FEATURE_COLUMNS
+from trainer.model.columns import FEATURE_COLUMNS
 
 
 def _twin(buckets: tuple[float, ...]) -> tuple[Histogram, CollectorRegistry]:

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from stream_worker.exceptions import ModelUnavailableError
-from stream_worker.metrics import ScorerMetrics
 from stream_worker.model_watcher import AliasTarget, ModelWatcher
-from trainer.bundle import BOOSTER_FILE, BUNDLE_FILE, ModelBundle, records_to_columns
+from stream_worker.scoring.metrics import ScorerMetrics
+from trainer.model.bundle import BOOSTER_FILE, BUNDLE_FILE, ModelBundle, records_to_columns
 
 NAME = "adult-income"
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from stream_worker.schema import ALIASES, RecordDecoder, RecordError, example_request
-from trainer.dataset import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS
-from trainer.features import FeatureEncoder
+from stream_worker.scoring.schema import ALIASES, RecordDecoder, RecordError, example_request
+from trainer.model.columns import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS
+from trainer.model.features import FeatureEncoder
 
 MAX_BYTES = 65536  # the WorkerSettings default
 

@@ -15,10 +15,10 @@ import pytest
 import xgboost as xgb
 from prometheus_client import CollectorRegistry
 
-from stream_worker.metrics import ScorerMetrics
-from stream_worker.scoring import BatchScorer, InputRecord, LoadedModel, OutputRecord
-from trainer.bundle import ModelBundle, records_to_columns
-from trainer.dataset import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
+from stream_worker.scoring.metrics import ScorerMetrics
+from stream_worker.scoring.scorer import BatchScorer, InputRecord, LoadedModel, OutputRecord
+from trainer.model.bundle import ModelBundle, records_to_columns
+from trainer.model.columns import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
 
 TOPIC = "applicants"
 PARTITION = 3

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from trainer.dataset import FEATURE_COLUMNS, NEGATIVE_LABEL, POSITIVE_LABEL
+from trainer.model.columns import FEATURE_COLUMNS, NEGATIVE_LABEL, POSITIVE_LABEL
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)

@@ -1,6 +1,6 @@
 """A Faust pass-through agent: the framework ceiling the benchmark compares the scorer with.
 
-It is built exactly like the scoring agent in :mod:`stream_worker.app` (the same
+It is built exactly like the scoring agent in :mod:`stream_worker.runtime.app` (the same
 ``faust_app(settings)`` configuration, the same ``stream.take_events(batch_max, window)``
 micro-batches, the same "send every record, then await every delivery before the batch is
 acked" pattern) but forwards each record's raw value to the output topic unscored. Whatever
@@ -21,7 +21,7 @@ from typing import Any
 import faust
 from faust.web import Request, Response, View
 
-from stream_worker.app import faust_app
+from stream_worker.runtime.app import faust_app
 from stream_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ async def _send(app: faust.App, topic: str, key: bytes | None, value: bytes | No
 
 def run_passthrough(settings: WorkerSettings) -> None:
     """Blocks until stopped (SIGINT/SIGTERM). The topics must exist already."""
-    from stream_worker.broker import wait_for_kafka
+    from stream_worker.devtools.broker import wait_for_kafka
 
     wait_for_kafka(settings.kafka_bootstrap_servers, timeout=30)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from trainer.profile import ReferenceProfile, psi
+from trainer.model.profile import ReferenceProfile, psi
 
 SCORE = "__score__"
 

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from stream_worker import tools
-from stream_worker.admin import ensure_topics
-from stream_worker.broker import LocalBroker, free_port
-from stream_worker.exceptions import ScorerError
-from stream_worker.localstack import (
+from stream_worker.devtools import replay as tools
+from stream_worker.devtools.broker import LocalBroker, free_port
+from stream_worker.devtools.monitoring_files import alert_rules_path, local_prometheus_config
+from stream_worker.devtools.processes import (
     LOOPBACK,
     ManagedProcess,
     console_script,
@@ -29,7 +28,8 @@ from stream_worker.localstack import (
     prometheus_server,
     worker_process,
 )
-from stream_worker.monitoring_files import alert_rules_path, local_prometheus_config
+from stream_worker.exceptions import ScorerError
+from stream_worker.runtime.admin import ensure_topics
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from stream_worker.drift import DriftMonitor
-from stream_worker.metrics import ScorerMetrics, observe_many
-from stream_worker.schema import RecordDecoder, Rejection
-from trainer.bundle import ModelBundle
-from trainer.dataset import NEGATIVE_LABEL, POSITIVE_LABEL
+from stream_worker.scoring.drift import DriftMonitor
+from stream_worker.scoring.metrics import ScorerMetrics, observe_many
+from stream_worker.scoring.schema import RecordDecoder, Rejection
+from trainer.model.bundle import ModelBundle
+from trainer.model.columns import NEGATIVE_LABEL, POSITIVE_LABEL
 
 log = logging.getLogger(__name__)
 

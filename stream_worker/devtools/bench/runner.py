@@ -41,16 +41,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from stream_worker import tools
-from stream_worker.admin import delete_topics, ensure_topics
-from stream_worker.broker import LOOPBACK, LocalBroker, free_port
+from stream_worker.devtools import replay as tools
+from stream_worker.devtools.broker import LOOPBACK, LocalBroker, free_port
+from stream_worker.devtools.microbench import compare_decoders
+from stream_worker.devtools.processes import ManagedProcess, console_script, worker_process
 from stream_worker.exceptions import ScorerError
-from stream_worker.localstack import ManagedProcess, console_script, worker_process
-from stream_worker.microbench import compare_decoders
+from stream_worker.runtime.admin import delete_topics, ensure_topics
 from stream_worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
-    from trainer.bundle import ModelBundle
+    from trainer.model.bundle import ModelBundle
 
 Say = Callable[[str], None]
 
@@ -346,7 +346,7 @@ def _train_champion(run: _Run) -> str:
 def _load_bundle(run: _Run) -> ModelBundle:
     """The champion the workers will load, through the same source class they use."""
     from stream_worker.model_watcher import MlflowModelSource
-    from trainer.bundle import ModelBundle
+    from trainer.model.bundle import ModelBundle
 
     source = MlflowModelSource(run.tracking_uri, run.settings.model_name, run.settings.model_alias)
     target = source.target()
@@ -373,8 +373,8 @@ def naive_baseline(bundle: ModelBundle, values: Sequence[bytes]) -> tuple[float,
     import pandas as pd
     import xgboost as xgb
 
-    from trainer.bundle import records_to_columns
-    from trainer.features import frame_columns
+    from trainer.model.bundle import records_to_columns
+    from trainer.model.features import frame_columns
 
     booster, encoder = bundle.booster, bundle.encoder
     names = booster.feature_names
@@ -440,8 +440,8 @@ class _NullProfile:
 
 @contextlib.contextmanager
 def _without_histogram_batches() -> Iterator[None]:
-    """Make ``observe_many`` a no-op inside ``stream_worker.scoring`` (bench only)."""
-    from stream_worker import scoring
+    """Make ``observe_many`` a no-op inside ``stream_worker.scoring.scorer`` (bench only)."""
+    from stream_worker.scoring import scorer as scoring
 
     # setattr, not assignment: mypy rightly says the module does not export the name.
     original = getattr(scoring, "observe_many", None)
@@ -467,8 +467,8 @@ def cost_share(
     """
     from prometheus_client import CollectorRegistry
 
-    from stream_worker.metrics import ScorerMetrics
-    from stream_worker.scoring import BatchScorer, InputRecord, LoadedModel
+    from stream_worker.scoring.metrics import ScorerMetrics
+    from stream_worker.scoring.scorer import BatchScorer, InputRecord, LoadedModel
 
     class NoDriftScorer(BatchScorer):
         def drift_for(self, model: LoadedModel) -> Any:

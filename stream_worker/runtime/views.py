@@ -9,11 +9,11 @@ import orjson
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream_worker.schema import example_request
-from stream_worker.scoring import InputRecord
+from stream_worker.scoring.schema import example_request
+from stream_worker.scoring.scorer import InputRecord
 
 if TYPE_CHECKING:
-    from stream_worker.app import Scorer
+    from stream_worker.runtime.app import Scorer
 
 
 def register(scorer: Scorer) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from trainer.dataset import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS
+from trainer.model.columns import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS
 
 FloatMatrix = npt.NDArray[np.float32]
 CodeMatrix = npt.NDArray[np.int32]

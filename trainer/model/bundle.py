@@ -17,10 +17,10 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-from trainer.dataset import FEATURE_COLUMNS, NEGATIVE_LABEL, POSITIVE_LABEL
 from trainer.exceptions import TrainerError
-from trainer.features import EncodedBatch, FeatureEncoder
-from trainer.profile import ReferenceProfile
+from trainer.model.columns import FEATURE_COLUMNS, NEGATIVE_LABEL, POSITIVE_LABEL
+from trainer.model.features import EncodedBatch, FeatureEncoder
+from trainer.model.profile import ReferenceProfile
 
 FORMAT_VERSION = 1
 BOOSTER_FILE = "booster.ubj"

@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 
 from trainer import dataset
+from trainer.model import columns
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,10 @@ def test_records() -> list[dict[str, Any]]:
     frame = dataset.load_bundled().test
     rows: list[dict[str, Any]] = []
     for i, row in enumerate(frame.itertuples(index=False)):
-        rec = {c: getattr(row, c) for c in dataset.FEATURE_COLUMNS}
-        for c in dataset.NUMERIC_COLUMNS:
+        rec = {c: getattr(row, c) for c in columns.FEATURE_COLUMNS}
+        for c in columns.NUMERIC_COLUMNS:
             rec[c] = int(rec[c])
-        for c in dataset.CATEGORICAL_COLUMNS:
+        for c in columns.CATEGORICAL_COLUMNS:
             if not isinstance(rec[c], str):
                 rec[c] = None
         rec["applicant_id"] = f"{TEST_ID_PREFIX}{i}"
@@ -40,14 +41,14 @@ def synthetic_records(n: int, seed: int) -> list[dict[str, Any]]:
     """Applicants drawn column by column from the training data (independent marginals)."""
     frame = dataset.load_bundled().train
     rng = np.random.default_rng(seed)
-    idx = {c: rng.integers(0, len(frame), size=n) for c in dataset.FEATURE_COLUMNS}
-    cols = {c: frame[c].to_numpy() for c in dataset.FEATURE_COLUMNS}
+    idx = {c: rng.integers(0, len(frame), size=n) for c in columns.FEATURE_COLUMNS}
+    cols = {c: frame[c].to_numpy() for c in columns.FEATURE_COLUMNS}
     out = []
     for i in range(n):
         rec: dict[str, Any] = {"applicant_id": f"syn-{seed}-{i}"}
-        for c in dataset.FEATURE_COLUMNS:
+        for c in columns.FEATURE_COLUMNS:
             v = cols[c][idx[c][i]]
-            if c in dataset.NUMERIC_COLUMNS:
+            if c in columns.NUMERIC_COLUMNS:
                 rec[c] = int(v)
             else:
                 rec[c] = v if isinstance(v, str) else None

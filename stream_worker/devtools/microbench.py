@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
-from stream_worker.schema import RecordDecoder
-from stream_worker.tools import test_records, wire_value
-from trainer.dataset import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS
+from stream_worker.devtools.replay import test_records, wire_value
+from stream_worker.scoring.schema import RecordDecoder
+from trainer.model.columns import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS
 
 RANGES = {
     "age": (0, 130),

@@ -15,7 +15,7 @@ import msgspec
 import orjson
 from msgspec import Meta
 
-from trainer.dataset import CATEGORICAL_COLUMNS, FEATURE_COLUMNS, NUMERIC_COLUMNS
+from trainer.model.columns import CATEGORICAL_COLUMNS, FEATURE_COLUMNS, NUMERIC_COLUMNS
 
 ALIASES = {c.replace("_", "-"): c for c in FEATURE_COLUMNS if "_" in c}
 

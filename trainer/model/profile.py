@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from trainer.features import EncodedBatch, FeatureEncoder
+from trainer.model.features import EncodedBatch, FeatureEncoder
 
 PSI_EPSILON = 1e-4
 N_QUANTILE_BINS = 10

@@ -10,7 +10,9 @@ from typing import Any
 import faust
 from prometheus_client import CollectorRegistry
 
-from stream_worker.batching import (
+from stream_worker.exceptions import ModelUnavailableError
+from stream_worker.model_watcher import MlflowModelSource, ModelWatcher
+from stream_worker.runtime.loop import (
     InFlight,
     PartitionedSender,
     RawTopic,
@@ -18,10 +20,8 @@ from stream_worker.batching import (
     subscribe,
     use_low_latency_consumer,
 )
-from stream_worker.exceptions import ModelUnavailableError
-from stream_worker.metrics import ScorerMetrics
-from stream_worker.model_watcher import MlflowModelSource, ModelWatcher
-from stream_worker.scoring import BatchScorer, InputRecord
+from stream_worker.scoring.metrics import ScorerMetrics
+from stream_worker.scoring.scorer import BatchScorer, InputRecord
 from stream_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def faust_app(settings: WorkerSettings) -> faust.App:
 
 def create_scorer(settings: WorkerSettings, registry: CollectorRegistry | None = None) -> Scorer:
     """Build the app and its parts; nothing connects until the worker starts."""
-    from stream_worker import views
+    from stream_worker.runtime import views
 
     app = faust_app(settings)
     metrics = ScorerMetrics(registry or CollectorRegistry())

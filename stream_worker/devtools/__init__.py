@@ -1,0 +1,1 @@
+"""Developer tooling: the embedded broker, local processes, replay, the demo and the benchmark."""

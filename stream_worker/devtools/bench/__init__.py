@@ -1,0 +1,1 @@
+"""``stream-worker bench``: throughput, latency and baselines on loopback, in one run."""

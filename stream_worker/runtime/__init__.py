@@ -1,0 +1,1 @@
+"""The Faust runtime: app wiring, the scoring loop, sending, acks, views, the worker process."""
