@@ -17,3 +17,15 @@ class ConfigError(ScorerError):
 
 class ModelUnavailableError(ScorerError):
     """No usable model could be loaded from the registry."""
+
+
+def one_line(error: object, limit: int = 240) -> str:
+    """``error`` (an exception or any text) as one line of at most ``limit`` characters.
+
+    Exceptions are prefixed with their class name, so "ConnectionRefusedError: ..." reads on
+    its own in a log line or a CLI error.
+    """
+    text = " ".join(str(error).split())
+    if isinstance(error, BaseException):
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -18,7 +18,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from stream_worker.exceptions import ModelUnavailableError
+from stream_worker.exceptions import ModelUnavailableError, one_line
 from stream_worker.scoring.metrics import ScorerMetrics
 from stream_worker.scoring.scorer import LoadedModel
 from trainer.model.bundle import ModelBundle
@@ -47,9 +47,9 @@ class MlflowModelSource:
         try:
             mv = self._client.get_model_version_by_alias(self.name, self.alias)
         except MlflowException as exc:
-            raise ModelUnavailableError(f"no {self.name}@{self.alias}: {_one_line(exc)}") from exc
+            raise ModelUnavailableError(f"no {self.name}@{self.alias}: {one_line(exc)}") from exc
         except Exception as exc:  # connection errors surface as many types
-            raise ModelUnavailableError(f"registry unreachable: {_one_line(exc)}") from exc
+            raise ModelUnavailableError(f"registry unreachable: {one_line(exc)}") from exc
         return AliasTarget(str(mv.version), str(mv.run_id or ""))
 
     def download(self, version: str, dest: Path) -> Path:
@@ -65,7 +65,7 @@ class MlflowModelSource:
             )
         except Exception as exc:
             raise ModelUnavailableError(
-                f"cannot download version {version}: {_one_line(exc)}"
+                f"cannot download version {version}: {one_line(exc)}"
             ) from exc
         return Path(path) / BUNDLE_SUBDIR
 
@@ -76,11 +76,6 @@ class MlflowModelSource:
             return dict(self._client.get_run(run_id).data.metrics)
         except Exception:
             return {}
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 class ModelWatcher:
@@ -135,7 +130,7 @@ class ModelWatcher:
             log.warning("model version %s not loaded: %s", target.version, exc)
             return None
         except Exception as exc:
-            reason = _one_line(exc)
+            reason = one_line(exc)
             self.refused[target.version] = reason
             self.last_error = f"version {target.version} refused: {reason}"
             self.metrics.reloads.labels(result="failure").inc()

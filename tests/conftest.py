@@ -16,9 +16,9 @@ import pytest
 from kafka_helpers import TopicFactory
 from stack_helpers import ModelStore, WorkerStack
 
-from stream_worker.devtools.broker import LocalBroker, wait_for_kafka
+from stream_worker.devtools.broker import LocalBroker
 from stream_worker.exceptions import BrokerError
-from stream_worker.runtime.admin import delete_topics, ensure_topics
+from stream_worker.runtime.admin import delete_topics, ensure_topics, wait_for_kafka
 from stream_worker.settings import WorkerSettings
 
 

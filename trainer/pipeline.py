@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from trainer import dataset
 from trainer.evaluate import classification_metrics, save_plots
 from trainer.exceptions import RegistryError
 from trainer.model.features import frame_columns
+from trainer.provenance import git_commit
 from trainer.pyfunc import AdultIncomeModel, model_signature
 from trainer.registry import GATE_METRIC, GateDecision, Registry, connect, gate
 from trainer.report import data_report
@@ -75,21 +75,6 @@ def evaluate(trained: TrainedModel, data: dataset.AdultData) -> Evaluation:
     metrics = {f"test_{k}": v for k, v in raw.items()}
     metrics["threshold"] = bundle.threshold
     return Evaluation(metrics, y_test, proba)
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def log_and_register(

@@ -21,14 +21,14 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
 import psutil
 
-from stream_worker.exceptions import BrokerError
+from stream_worker.exceptions import BrokerError, one_line
+from stream_worker.runtime.admin import wait_for_kafka
 
 __all__ = ["LOOPBACK", "LocalBroker", "free_port", "wait_for_kafka"]
 
@@ -50,7 +50,6 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _ADDR_IN_USE = re.compile(r"AddrInUse|Address (already )?in use", re.IGNORECASE)
 _TAIL_BYTES = 4096
 _TAIL_LINES = 12
-_PROBE_CAP_SECONDS = 5.0
 _POLL_SECONDS = 0.02
 
 
@@ -60,95 +59,6 @@ def free_port() -> int:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _split_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
-    """``"h1:9092,[::1]:9093"`` -> ``[("h1", 9092), ("::1", 9093)]``; port 9092 if omitted."""
-    addresses = []
-    for raw in bootstrap.split(","):
-        entry = raw.strip()
-        if not entry:
-            continue
-        host, sep, port = entry.rpartition(":")
-        if not sep or "]" in port:  # no port given (a bare host or a bracketed IPv6 address)
-            host, port = entry, "9092"
-        try:
-            addresses.append((host.strip("[]"), int(port)))
-        except ValueError:
-            raise BrokerError(f"malformed Kafka bootstrap address {entry!r}") from None
-    if not addresses:
-        raise BrokerError(f"no Kafka bootstrap address in {bootstrap!r}")
-    return addresses
-
-
-def _one_line(exc: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(exc).split()) or "(no message)"
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}"
-
-
-def _probe(bootstrap: str, budget: float) -> None:
-    """One attempt: a TCP connect, then a Kafka Metadata request. Raises on failure."""
-    budget = max(budget, 0.05)
-    errors = []
-    for host, port in _split_bootstrap(bootstrap):
-        try:
-            # A cheap check first: kafka-python logs loudly on every refused connection.
-            with socket.create_connection((host, port), timeout=min(budget, 0.5)):
-                break
-        except OSError as exc:
-            errors.append(f"{host}:{port} {_one_line(exc)}")
-    else:
-        raise ConnectionError("; ".join(errors))
-
-    from kafka import KafkaAdminClient  # deferred: importing kafka-python is not free
-
-    timeout_ms = int(min(budget, _PROBE_CAP_SECONDS) * 1000)
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="income-scorer-probe",
-        bootstrap_timeout_ms=timeout_ms,
-        request_timeout_ms=max(timeout_ms, 100),
-    )
-    try:
-        admin.list_topics()
-    finally:
-        admin.close()
-
-
-def wait_for_kafka(
-    bootstrap: str,
-    timeout: float,
-    *,
-    abort: Callable[[], str | None] | None = None,
-) -> None:
-    """Block until a Kafka broker at ``bootstrap`` answers a metadata request.
-
-    ``abort`` is asked between attempts; a non-None answer is raised as the error at once
-    (``LocalBroker`` uses it to stop waiting for a broker process that has died).
-
-    Raises:
-        BrokerError: on timeout (naming the last error seen) or when ``abort`` says so.
-    """
-    deadline = time.monotonic() + timeout
-    last_error = "no attempt was made"
-    while True:
-        if abort is not None and (reason := abort()) is not None:
-            raise BrokerError(reason)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BrokerError(
-                f"Kafka at {bootstrap} did not answer within {timeout:g}s "
-                f"(last error: {last_error})"
-            )
-        try:
-            _probe(bootstrap, remaining)
-        except Exception as exc:  # any failure means "not yet"; the last one is reported
-            last_error = _one_line(exc)
-        else:
-            return
-        time.sleep(min(0.1, max(deadline - time.monotonic(), 0.0)))
 
 
 def _read_tail(output: IO[bytes] | None, start: int) -> str:
@@ -280,7 +190,7 @@ class LocalBroker:
             )
         except OSError as exc:
             output.close()
-            raise BrokerError(f"cannot run the Tansu binary {binary!r}: {_one_line(exc)}") from exc
+            raise BrokerError(f"cannot run the Tansu binary {binary!r}: {one_line(exc)}") from exc
         self._process, self._output = process, output
         self._finalizer = weakref.finalize(self, _shutdown, process, output, self._stop_timeout)
         log.debug("started Tansu pid %d: %s", process.pid, " ".join(command))

@@ -78,7 +78,7 @@ async def _send(app: faust.App, topic: str, key: bytes | None, value: bytes | No
 
 def run_passthrough(settings: WorkerSettings) -> None:
     """Blocks until stopped (SIGINT/SIGTERM). The topics must exist already."""
-    from stream_worker.devtools.broker import wait_for_kafka
+    from stream_worker.runtime.admin import wait_for_kafka
 
     wait_for_kafka(settings.kafka_bootstrap_servers, timeout=30)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)

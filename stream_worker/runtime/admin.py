@@ -1,4 +1,6 @@
-"""Topic administration with kafka-python (synchronous): create up front, inspect, delete.
+"""Broker checks and topic administration with kafka-python (synchronous).
+
+``wait_for_kafka`` blocks until a broker answers; topics are created up front, inspected, deleted.
 
 Topics must exist before anything produces to them: Tansu auto-creates a missing topic with
 4 partitions on the first produce, and it cannot add partitions afterwards.
@@ -7,24 +9,22 @@ Topics must exist before anything produces to them: Tansu auto-creates a missing
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from stream_worker.exceptions import BrokerError
+from stream_worker.exceptions import BrokerError, one_line
 
-__all__ = ["delete_topics", "ensure_topics", "topic_partitions"]
+__all__ = ["delete_topics", "ensure_topics", "topic_partitions", "wait_for_kafka"]
 
 log = logging.getLogger(__name__)
 
 _NO_ERROR = 0
 _UNKNOWN_TOPIC = 3
 _TOPIC_ALREADY_EXISTS = 36
-
-
-def _one_line(text: object, limit: int = 240) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+_PROBE_CAP_SECONDS = 5.0  # one metadata request waits at most this long
 
 
 def _error_name(code: int) -> str:
@@ -49,15 +49,12 @@ def _admin(bootstrap: str, timeout: float, action: str) -> Iterator[Any]:
         )
     except (KafkaError, OSError) as exc:
         raise BrokerError(
-            f"cannot {action}: Kafka at {bootstrap} is unreachable "
-            f"({type(exc).__name__}: {_one_line(exc)})"
+            f"cannot {action}: Kafka at {bootstrap} is unreachable ({one_line(exc)})"
         ) from exc
     try:
         yield admin
     except (KafkaError, OSError) as exc:
-        raise BrokerError(
-            f"cannot {action} on {bootstrap}: {type(exc).__name__}: {_one_line(exc)}"
-        ) from exc
+        raise BrokerError(f"cannot {action} on {bootstrap}: {one_line(exc)}") from exc
     finally:
         admin.close()
 
@@ -109,7 +106,7 @@ def ensure_topics(
                 detail = result.get("error_message") or ""
                 raise BrokerError(
                     f"cannot create topic {name!r} on {bootstrap}: {_error_name(code)}"
-                    + (f" ({_one_line(detail)})" if detail else "")
+                    + (f" ({one_line(detail)})" if detail else "")
                 )
         if created:
             admin.wait_for_topics(created, timeout_ms=timeout_ms)
@@ -171,3 +168,85 @@ def topic_partitions(bootstrap: str, topic: str, timeout: float = 30) -> int:
     if isinstance(count, str):
         raise BrokerError(f"cannot describe topic {topic!r} on {bootstrap}: {count}")
     return count
+
+
+def _split_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
+    """``"h1:9092,[::1]:9093"`` -> ``[("h1", 9092), ("::1", 9093)]``; port 9092 if omitted."""
+    addresses = []
+    for raw in bootstrap.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if not sep or "]" in port:  # no port given (a bare host or a bracketed IPv6 address)
+            host, port = entry, "9092"
+        try:
+            addresses.append((host.strip("[]"), int(port)))
+        except ValueError:
+            raise BrokerError(f"malformed Kafka bootstrap address {entry!r}") from None
+    if not addresses:
+        raise BrokerError(f"no Kafka bootstrap address in {bootstrap!r}")
+    return addresses
+
+
+def _probe(bootstrap: str, budget: float) -> None:
+    """One attempt: a TCP connect, then a Kafka Metadata request. Raises on failure."""
+    budget = max(budget, 0.05)
+    errors = []
+    for host, port in _split_bootstrap(bootstrap):
+        try:
+            # A cheap check first: kafka-python logs loudly on every refused connection.
+            with socket.create_connection((host, port), timeout=min(budget, 0.5)):
+                break
+        except OSError as exc:
+            errors.append(f"{host}:{port} {one_line(exc)}")
+    else:
+        raise ConnectionError("; ".join(errors))
+
+    from kafka import KafkaAdminClient  # deferred: importing kafka-python is not free
+
+    timeout_ms = int(min(budget, _PROBE_CAP_SECONDS) * 1000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="income-scorer-probe",
+        bootstrap_timeout_ms=timeout_ms,
+        request_timeout_ms=max(timeout_ms, 100),
+    )
+    try:
+        admin.list_topics()
+    finally:
+        admin.close()
+
+
+def wait_for_kafka(
+    bootstrap: str,
+    timeout: float,
+    *,
+    abort: Callable[[], str | None] | None = None,
+) -> None:
+    """Block until a Kafka broker at ``bootstrap`` answers a metadata request.
+
+    ``abort`` is asked between attempts; a non-None answer is raised as the error at once
+    (``LocalBroker`` uses it to stop waiting for a broker process that has died).
+
+    Raises:
+        BrokerError: on timeout (naming the last error seen) or when ``abort`` says so.
+    """
+    deadline = time.monotonic() + timeout
+    last_error = "no attempt was made"
+    while True:
+        if abort is not None and (reason := abort()) is not None:
+            raise BrokerError(reason)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BrokerError(
+                f"Kafka at {bootstrap} did not answer within {timeout:g}s "
+                f"(last error: {last_error})"
+            )
+        try:
+            _probe(bootstrap, remaining)
+        except Exception as exc:  # any failure means "not yet"; the last one is reported
+            last_error = one_line(exc)
+        else:
+            return
+        time.sleep(min(0.1, max(deadline - time.monotonic(), 0.0)))

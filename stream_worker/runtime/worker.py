@@ -8,9 +8,8 @@ from pathlib import Path
 import faust
 import mlflow
 
-from stream_worker.devtools.broker import wait_for_kafka
 from stream_worker.exceptions import BrokerError
-from stream_worker.runtime.admin import ensure_topics
+from stream_worker.runtime.admin import ensure_topics, wait_for_kafka
 from stream_worker.runtime.app import create_scorer
 from stream_worker.settings import WorkerSettings
 

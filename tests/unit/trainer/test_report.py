@@ -13,7 +13,7 @@ import pytest
 from trainer.model.columns import FEATURE_COLUMNS
 from trainer.report import REPORT_FILENAME, TOP_CATEGORIES, data_report
 
-ADULT_DATA = Path(__file__).resolve().parents[2] / "trainer" / "data" / "adult.data"
+ADULT_DATA = Path(__file__).resolve().parents[3] / "trainer" / "data" / "adult.data"
 COLUMNS = [*FEATURE_COLUMNS, "income"]
 SECTION_IDS = [
     "row-counts",

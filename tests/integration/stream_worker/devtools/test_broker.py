@@ -12,9 +12,14 @@ import psutil
 import pytest
 from kafka_helpers import TopicFactory, consume_all
 
-from stream_worker.devtools.broker import LocalBroker, free_port, wait_for_kafka
+from stream_worker.devtools.broker import LocalBroker, free_port
 from stream_worker.exceptions import BrokerError
-from stream_worker.runtime.admin import delete_topics, ensure_topics, topic_partitions
+from stream_worker.runtime.admin import (
+    delete_topics,
+    ensure_topics,
+    topic_partitions,
+    wait_for_kafka,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import yaml
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"
 ALERTS_FILE = PROMETHEUS_DIR / "alerts.yml"
 ALERTS_TEST_FILE = PROMETHEUS_DIR / "alerts_test.yml"
