@@ -1,10 +1,9 @@
-"""The Faust app: wiring only. Scoring, drift and model loading live in plain classes."""
+"""The Faust app: wiring only. The loop, the model watcher and the views do the work."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -12,42 +11,14 @@ from prometheus_client import CollectorRegistry
 
 from stream_worker.exceptions import ModelUnavailableError
 from stream_worker.model_watcher import MlflowModelSource, ModelWatcher
-from stream_worker.runtime.loop import (
-    InFlight,
-    PartitionedSender,
-    RawTopic,
-    micro_batches,
-    subscribe,
-    use_low_latency_consumer,
-)
+from stream_worker.runtime import faust_compat, tuning, views
+from stream_worker.runtime.context import WorkerContext
+from stream_worker.runtime.loop import run_scoring_loop
 from stream_worker.scoring.metrics import ScorerMetrics
-from stream_worker.scoring.scorer import BatchScorer, InputRecord
+from stream_worker.scoring.scorer import BatchScorer
 from stream_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
-
-MAX_BACKOFF_SECONDS = 30.0
-MAX_INFLIGHT_BATCHES = 2
-LAG_INTERVAL_SECONDS = 5.0
-
-
-@dataclass
-class Scorer:
-    """Everything the agent, the timers and the views share."""
-
-    settings: WorkerSettings
-    app: faust.App
-    metrics: ScorerMetrics
-    watcher: ModelWatcher
-    batch_scorer: BatchScorer
-    model_ready: asyncio.Event | None = None
-
-    def ready_event(self) -> asyncio.Event:
-        if self.model_ready is None:
-            self.model_ready = asyncio.Event()
-            if self.watcher.ready:
-                self.model_ready.set()
-        return self.model_ready
 
 
 def faust_app(settings: WorkerSettings) -> faust.App:
@@ -71,116 +42,99 @@ def faust_app(settings: WorkerSettings) -> faust.App:
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=settings.heartbeat_interval_seconds,
         broker_commit_every=settings.batch_max,
-        broker_commit_interval=1.0,
-        stream_buffer_maxsize=max(4096, settings.batch_max * 2),
-        producer_linger_ms=1,
-        producer_max_batch_size=512 * 1024,
-        producer_max_request_size=2_000_000,
+        broker_commit_interval=tuning.COMMIT_INTERVAL_SECONDS,
+        stream_buffer_maxsize=max(tuning.MIN_STREAM_BUFFER, settings.batch_max * 2),
+        producer_linger_ms=tuning.PRODUCER_LINGER_MS,
+        producer_max_batch_size=tuning.PRODUCER_MAX_BATCH_BYTES,
+        producer_max_request_size=tuning.PRODUCER_MAX_REQUEST_BYTES,
         producer_acks=-1,
     )
 
 
-def create_scorer(settings: WorkerSettings, registry: CollectorRegistry | None = None) -> Scorer:
+def build_worker(
+    settings: WorkerSettings, registry: CollectorRegistry | None = None
+) -> WorkerContext:
     """Build the app and its parts; nothing connects until the worker starts."""
-    from stream_worker.runtime import views
-
     app = faust_app(settings)
     metrics = ScorerMetrics(registry or CollectorRegistry())
     source = MlflowModelSource(
         settings.mlflow_tracking_uri, settings.model_name, settings.model_alias
     )
-    scorer = Scorer(
+    ctx = WorkerContext(
         settings=settings,
         app=app,
         metrics=metrics,
         watcher=ModelWatcher(source, metrics, nthread=1),
         batch_scorer=BatchScorer(metrics, settings.max_record_bytes, settings.drift_window),
     )
-    input_topic = RawTopic(app, topics=[settings.input_topic], partitions=settings.topic_partitions)
-    channel = subscribe(input_topic)  # before start: the consumer subscribes to app.topics
-    use_low_latency_consumer(app, channel)
+    topic = faust_compat.RawTopic(
+        app, topics=[settings.input_topic], partitions=settings.topic_partitions
+    )
+    queue = faust_compat.subscribe(topic).queue
+    faust_compat.install_low_latency_consumer(app, queue)
+
+    _schedule(ctx, queue)
+    views.register(ctx)
+    return ctx
+
+
+def _schedule(ctx: WorkerContext, queue: asyncio.Queue[Any]) -> None:
+    """Register the loop and the timers as Faust services (started and stopped with the app)."""
+    app = ctx.app
 
     @app.task
     async def score() -> None:
-        """The scoring loop: micro-batches from the consumer, predictions and dead letters out."""
-        await scorer.ready_event().wait()  # nothing is consumed before a model is loaded
-        aioproducer = app.producer._ensure_producer()  # type: ignore[attr-defined]
-        predictions = PartitionedSender(aioproducer, settings.output_topic)
-        dead_letters = PartitionedSender(aioproducer, settings.dlq_topic)
-        inflight = InFlight(app.consumer, MAX_INFLIGHT_BATCHES)
-        async for messages in micro_batches(
-            channel, settings.batch_max, settings.batch_window_seconds
-        ):
-            model = scorer.watcher.current
-            assert model is not None
-            records = [_input_record(m) for m in messages]
-            result = scorer.batch_scorer.process(model, records)
-            scorer.metrics.batch_size.observe(len(records))
-            pending = await predictions.send(
-                [(records[r.index].partition, r.key, r.value, []) for r in result.predictions]
-            )
-            pending += await dead_letters.send(
-                [
-                    (records[r.index].partition, r.key, r.value, r.headers)
-                    for r in result.dead_letters
-                ]
-            )
-            # At-least-once: the batch's offsets become committable only once the broker has
-            # acknowledged every record it produced; meanwhile the next batch is scored.
-            await inflight.add(pending, messages)
+        await run_scoring_loop(ctx, queue)
 
     @app.task
-    async def load_first_model() -> None:
-        await _load_until_ready(scorer)
+    async def load_model() -> None:
+        await load_first_model(ctx)
 
-    @app.timer(interval=settings.reload_interval_seconds)
-    async def follow_alias() -> None:
-        if not scorer.watcher.ready:
-            return
-        try:
-            await asyncio.to_thread(scorer.watcher.poll)
-        except ModelUnavailableError as exc:
-            log.warning(
-                "registry check failed, still serving %s: %s",
-                scorer.watcher.current.version if scorer.watcher.current else "-",
-                exc,
-            )
+    @app.timer(interval=ctx.settings.reload_interval_seconds)
+    async def follow() -> None:
+        await follow_alias(ctx)
 
-    @app.timer(interval=LAG_INTERVAL_SECONDS)
-    async def export_lag() -> None:
-        _export_lag(scorer)
-
-    views.register(scorer)
-    return scorer
+    @app.timer(interval=tuning.LAG_INTERVAL_SECONDS)
+    async def lag() -> None:
+        await export_lag(ctx)
 
 
-async def _load_until_ready(scorer: Scorer) -> None:
+async def load_first_model(ctx: WorkerContext) -> None:
     """Retry with exponential backoff while the registry is unreachable or has no champion."""
     delay = 1.0
-    while not scorer.watcher.ready:
+    while not ctx.watcher.ready:
         try:
-            await asyncio.to_thread(scorer.watcher.poll)
+            await asyncio.to_thread(ctx.watcher.poll)
         except ModelUnavailableError as exc:
             log.warning("no model yet (%s); retrying in %.0fs", exc, delay)
-        if scorer.watcher.ready:
+        if ctx.watcher.ready:
             break
         await asyncio.sleep(delay)
-        delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-    scorer.ready_event().set()
+        delay = min(delay * 2, tuning.MAX_BACKOFF_SECONDS)
+    ctx.model_ready().set()
 
 
-def _input_record(msg: Any) -> InputRecord:
-    return InputRecord(msg.key, msg.value, msg.timestamp, msg.topic, msg.partition, msg.offset)
+async def follow_alias(ctx: WorkerContext) -> None:
+    """Swap in a newly aliased version; once serving, a registry outage only logs."""
+    if not ctx.watcher.ready:
+        return
+    try:
+        await asyncio.to_thread(ctx.watcher.poll)
+    except ModelUnavailableError as exc:
+        current = ctx.watcher.current
+        log.warning(
+            "registry check failed, still serving %s: %s", current.version if current else "-", exc
+        )
 
 
-def _export_lag(scorer: Scorer) -> None:
+async def export_lag(ctx: WorkerContext) -> None:
     """Lag from the fetch high watermark; Tansu's ListOffsets(LATEST) cannot be trusted."""
-    consumer = scorer.app.consumer
-    read_offsets = getattr(consumer, "_read_offset", {})
-    gauge = scorer.metrics.consumer_lag
+    consumer = ctx.app.consumer
+    read_offsets = faust_compat.read_offsets(consumer)
+    gauge = ctx.metrics.consumer_lag
     gauge.clear()
     for tp in consumer.assignment():
-        if tp.topic != scorer.settings.input_topic:
+        if tp.topic != ctx.settings.input_topic:
             continue
         try:
             highwater = consumer.highwater(tp)

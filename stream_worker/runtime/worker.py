@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 
 import faust
-import mlflow
 
 from stream_worker.exceptions import BrokerError
 from stream_worker.runtime.admin import ensure_topics, wait_for_kafka
-from stream_worker.runtime.app import create_scorer
+from stream_worker.runtime.app import build_worker
+from stream_worker.runtime.faust_compat import check_versions
 from stream_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -37,17 +37,16 @@ def run_worker(settings: WorkerSettings) -> None:
     """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
     from trainer.registry import configure_http_client
 
+    check_versions()
+    # The watcher's client names its store itself; only the HTTP behaviour is process-wide.
     configure_http_client(timeout_seconds=5, retries=0)
-    # One store for tracking and registry, whatever MLFLOW_REGISTRY_URI the parent exported.
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     created = prepare_topics(settings)
     if created:
         log.info("created topics %s with %d partitions", created, settings.topic_partitions)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    scorer = create_scorer(settings)
-    worker = faust.Worker(scorer.app, loglevel=settings.log_level)
+    ctx = build_worker(settings)
+    worker = faust.Worker(ctx.app, loglevel=settings.log_level)
     try:
         worker.execute_from_commandline()
     finally:
-        scorer.watcher.close()
+        ctx.watcher.close()

@@ -61,10 +61,6 @@ class DecodedBatch:
     applicants: list[Applicant] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
 
-    @property
-    def ids(self) -> list[str]:
-        return [a.applicant_id for a in self.applicants]
-
     def columns(self) -> dict[str, list[Any]]:
         apps = self.applicants
         return {c: [getattr(a, c) for a in apps] for c in (*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS)}

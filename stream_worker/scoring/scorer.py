@@ -1,6 +1,6 @@
 """Score a micro-batch: decode + validate, encode once, one ``inplace_predict``, emit records.
 
-No broker here: the Faust agent hands in raw records and sends what comes back, so this is
+No broker here: the scoring loop hands in raw records and sends what comes back, so this is
 tested without Kafka and shared by the stream, ``POST /predict`` and the benchmark.
 """
 
@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from stream_worker.scoring.drift import DriftMonitor
 from stream_worker.scoring.metrics import ScorerMetrics, observe_many
-from stream_worker.scoring.schema import RecordDecoder, Rejection
+from stream_worker.scoring.schema import DecodedBatch, RecordDecoder, Rejection
 from trainer.model.bundle import ModelBundle
 from trainer.model.columns import NEGATIVE_LABEL, POSITIVE_LABEL
 
@@ -120,20 +120,11 @@ class BatchScorer:
             )
 
     def _process(self, model: LoadedModel, records: Sequence[InputRecord]) -> BatchResult:
-        metrics = self.metrics
         result = BatchResult()
         decoded = self.decoder.decode_batch([r.value for r in records])
-        for rej in decoded.rejections:
-            result.dead_letters.append(
-                dead_letter(records[rej.index], rej.error_class, rej.message, rej.index)
-            )
-        result.rejections = decoded.rejections
-        if decoded.rejections:
-            metrics.records.labels(outcome="invalid").inc(len(decoded.rejections))
-            metrics.count_dead_letters(r.reason for r in decoded.rejections)
+        self._reject(records, decoded.rejections, result)
         if not decoded.applicants:
             return result
-
         bundle = model.bundle
         started = time.perf_counter()
         try:
@@ -141,22 +132,63 @@ class BatchScorer:
             probabilities = bundle.predict_encoded(batch)
         except Exception as exc:  # a broken model must not stop the stream
             log.exception("scoring failed for a batch of %d", len(decoded.applicants))
-            for i in decoded.indices:
-                result.dead_letters.append(dead_letter(records[i], type(exc).__name__, str(exc), i))
-            metrics.records.labels(outcome="error").inc(len(decoded.indices))
-            metrics.dead_letters.labels(reason="scoring_error").inc(len(decoded.indices))
+            self._fail(records, decoded.indices, exc, result)
             return result
-        metrics.inference.observe(time.perf_counter() - started)
-
+        self.metrics.inference.observe(time.perf_counter() - started)
         now = time.time()
-        scored_at = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
-        threshold = bundle.threshold
-        positive = probabilities >= threshold
         latencies = now - np.fromiter(
             (records[i].timestamp for i in decoded.indices),
             dtype=np.float64,
             count=len(decoded.indices),
         )
+        positive = probabilities >= bundle.threshold
+        self._emit(model, decoded, probabilities, positive, latencies, now, result)
+        self._observe(probabilities, positive, latencies)
+        self._count_unknown(batch.codes, bundle.encoder.categorical)
+        drift = self.drift_for(model)
+        drift.update(bundle.profile.feature_bins(bundle.encoder, batch), probabilities)
+        self.metrics.set_drift(drift.feature_psi(), drift.prediction_psi())
+        return result
+
+    def _reject(
+        self, records: Sequence[InputRecord], rejections: list[Rejection], result: BatchResult
+    ) -> None:
+        """Dead-letter the records that failed validation, with their reasons."""
+        result.rejections = rejections
+        for rej in rejections:
+            result.dead_letters.append(
+                dead_letter(records[rej.index], rej.error_class, rej.message, rej.index)
+            )
+        if rejections:
+            self.metrics.records.labels(outcome="invalid").inc(len(rejections))
+            self.metrics.count_dead_letters(r.reason for r in rejections)
+
+    def _fail(
+        self,
+        records: Sequence[InputRecord],
+        indices: Sequence[int],
+        exc: Exception,
+        result: BatchResult,
+    ) -> None:
+        """Dead-letter valid records the model could not score."""
+        for i in indices:
+            result.dead_letters.append(dead_letter(records[i], type(exc).__name__, str(exc), i))
+        self.metrics.records.labels(outcome="error").inc(len(indices))
+        self.metrics.dead_letters.labels(reason="scoring_error").inc(len(indices))
+
+    def _emit(
+        self,
+        model: LoadedModel,
+        decoded: DecodedBatch,
+        probabilities: npt.NDArray[np.float64],
+        positive: npt.NDArray[np.bool_],
+        latencies: npt.NDArray[np.float64],
+        now: float,
+        result: BatchResult,
+    ) -> None:
+        """One prediction record per scored applicant, in batch order."""
+        scored_at = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+        threshold = model.bundle.threshold
         encode = self._encode
         name, version = model.name, model.version
         out = result.predictions
@@ -181,6 +213,13 @@ class BatchScorer:
             out.append(OutputRecord(applicant.applicant_id.encode(), encode(pred), [], index))
         result.probabilities = probabilities
 
+    def _observe(
+        self,
+        probabilities: npt.NDArray[np.float64],
+        positive: npt.NDArray[np.bool_],
+        latencies: npt.NDArray[np.float64],
+    ) -> None:
+        metrics = self.metrics
         n_pos = int(positive.sum())
         n = len(probabilities)
         metrics.records.labels(outcome="scored").inc(n)
@@ -188,12 +227,6 @@ class BatchScorer:
         metrics.predictions.labels(label=NEGATIVE_LABEL).inc(n - n_pos)
         observe_many(metrics.event_latency, latencies)
         observe_many(metrics.score, probabilities)
-        self._count_unknown(batch.codes, bundle.encoder.categorical)
-
-        drift = self.drift_for(model)
-        drift.update(bundle.profile.feature_bins(bundle.encoder, batch), probabilities)
-        metrics.set_drift(drift.feature_psi(), drift.prediction_psi())
-        return result
 
     def _count_unknown(self, codes: npt.NDArray[np.int32], names: Sequence[str]) -> None:
         missing = (codes < 0).sum(axis=0)

@@ -206,7 +206,7 @@ def test_decode_batch_keeps_positions_of_good_records(decoder: RecordDecoder) ->
     ]
     batch = decoder.decode_batch(values)
     assert batch.indices == [1, 4, 6]
-    assert batch.ids == ["a", "b", "c"]
+    assert [a.applicant_id for a in batch.applicants] == ["a", "b", "c"]
     assert [(r.index, r.reason) for r in batch.rejections] == [
         (0, "not_json"),
         (2, "not_json"),
