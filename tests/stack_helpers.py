@@ -40,6 +40,17 @@ class ModelStore:
 
         return run_once(self.settings(**overrides)).version
 
+    def register_unpromoted(self) -> str:
+        """Train and register a version that the gate refuses (floor 1.0): the alias stays."""
+        return self.register(gate_min_roc_auc=1.0)
+
+    def promote(self, version: str) -> None:
+        """Point ``adult-income@champion`` at ``version`` now, as ``trainer promote`` does."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        client.set_registered_model_alias("adult-income", "champion", version)
+
 
 @dataclass
 class WorkerStack:

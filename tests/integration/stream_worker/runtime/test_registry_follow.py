@@ -32,6 +32,15 @@ def tracking_server(tmp_path: Path) -> Iterator[ManagedProcess]:
         server.stop()
 
 
+def _scored(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    for line in text.splitlines():
+        if line.startswith('scorer_records_total{outcome="scored"}'):
+            return float(line.split()[-1])
+    raise AssertionError("scorer_records_total{outcome=scored} not exported")
+
+
 def _get(url: str) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -77,7 +86,8 @@ def test_scoring_continues_while_the_registry_is_down(
 def test_worker_waits_for_a_model_before_consuming(
     worker_stack: WorkerStack, tmp_path: Path
 ) -> None:
-    empty_store = f"sqlite:///{tmp_path / 'empty.db'}"
+    (tmp_path / "late").mkdir()
+    empty_store = ModelStore(tmp_path / "late").uri  # no model registered yet
     port = free_port()
     from stream_worker.devtools.processes import worker_process
 
@@ -97,6 +107,16 @@ def test_worker_waits_for_a_model_before_consuming(
             time.sleep(0.5)
     assert status == 503
     assert body["model_loaded"] is False
-    tools.produce(worker_stack.bootstrap, worker_stack.input_topic, tools.test_records()[:50])
-    assert consume_all(worker_stack.bootstrap, worker_stack.output_topic, 1, 5) == []
+    records = tools.test_records()[:50]
+    tools.produce(worker_stack.bootstrap, worker_stack.input_topic, records)
+    time.sleep(6)  # past the group join (~4 s): records are fetched, none may be scored
     assert worker.running
+    assert _scored(port) == 0
+
+    # A champion appears later: the held records are scored by it, each exactly once.
+    version = ModelStore(tmp_path / "late").register()
+    assert ModelStore(tmp_path / "late").uri == empty_store
+    preds = consume_all(worker_stack.bootstrap, worker_stack.output_topic, len(records), 90)
+    ids = [orjson.loads(p.value)["applicant_id"] for p in preds]
+    assert sorted(ids) == sorted(r["applicant_id"] for r in records)
+    assert {orjson.loads(p.value)["model_version"] for p in preds} == {version}

@@ -150,25 +150,38 @@ def test_new_version_is_picked_up_mid_stream_without_loss(
     worker_stack: WorkerStack, model_store: ModelStore, test_split: list[dict[str, Any]]
 ) -> None:
     worker_stack.start_worker()
-    first, second = test_split[:3000], test_split[3000:6000]
+    first, second = test_split[:2000], test_split[2000:5000]
     _produce(worker_stack, first)
-    before = _predictions(worker_stack, len(first))
-    old_version = before[0]["model_version"]
-
-    new_version = model_store.register()
+    old_version = _predictions(worker_stack, len(first))[0]["model_version"]
+    new_version = model_store.register_unpromoted()  # the alias moves only when we say
     assert new_version != old_version
-    _produce(worker_stack, second, rate=1500)  # keeps flowing while the watcher swaps models
-    after = _predictions(worker_stack, len(first) + len(second))
 
-    ids = [p["applicant_id"] for p in after]
+    # The alias moves 1.5 s into 6 s of traffic (reload interval 1 s): a swap mid-stream.
+    swap = threading.Timer(1.5, model_store.promote, args=(new_version,))
+    swap.start()
+    _produce(worker_stack, second, rate=500)
+    swap.join()
+    records = consume_all(
+        worker_stack.bootstrap, worker_stack.output_topic, len(first) + len(second), 90
+    )
+
+    preds = [orjson.loads(r.value) for r in records]
+    ids = [p["applicant_id"] for p in preds]
     assert len(ids) == len(set(ids)) == len(first) + len(second)
-    versions = [
-        p["model_version"]
-        for p in after
-        if p["applicant_id"] in {r["applicant_id"] for r in second}
-    ]
-    assert versions[-1] == new_version
-    assert set(versions) <= {old_version, new_version}
+    second_ids = {r["applicant_id"] for r in second}
+    by_partition: dict[int, list[tuple[int, str]]] = {}
+    for rec, pred in zip(records, preds, strict=True):
+        if pred["applicant_id"] in second_ids:
+            by_partition.setdefault(rec.partition, []).append((rec.offset, pred["model_version"]))
+    for partition, scored in by_partition.items():
+        versions = [v for _, v in sorted(scored)]
+        # in offset order: the old version, then the new one, never back
+        switched = versions.index(new_version) if new_version in versions else len(versions)
+        assert set(versions[:switched]) <= {old_version}, partition
+        assert set(versions[switched:]) == {new_version}, partition
+    in_second = [v for scored in by_partition.values() for _, v in scored]
+    assert old_version in in_second  # the swap did not happen before the traffic
+    assert in_second.count(new_version) > len(second) // 3  # nor after it
 
 
 def test_kill_9_mid_stream_then_restart_answers_everyone(

@@ -164,7 +164,16 @@ def test_set_drift_sets_the_gauges(metrics: ScorerMetrics) -> None:
     assert "scorer_prediction_drift_psi 0.12" in lines
 
 
-def test_two_instances_on_separate_registries_do_not_clash() -> None:
-    first, second = ScorerMetrics(CollectorRegistry()), ScorerMetrics(CollectorRegistry())
-    first.records.labels(outcome="scored").inc(5)
-    assert 'scorer_records_total{outcome="scored"} 0.0' in _scrape(second)
+def test_metrics_touch_only_the_registry_passed_in() -> None:
+    """Nothing lands on prometheus_client's process-wide registry (tests, bench, two apps)."""
+    from prometheus_client import REGISTRY
+
+    def scorer_names() -> set[str]:
+        return {f.name for f in REGISTRY.collect() if f.name.startswith("scorer_")}
+
+    before = scorer_names()
+    metrics = ScorerMetrics(CollectorRegistry())
+    metrics.set_model("adult-income", "1")
+    metrics.records.labels(outcome="scored").inc(5)
+    assert scorer_names() == before == set()
+    assert 'scorer_records_total{outcome="scored"} 5.0' in _scrape(metrics)
