@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _standard(name: str, default: str) -> Any:
+    """A setting read from its standard env name, or from ``SCORER_<name>``."""
+    return Field(default=default, validation_alias=AliasChoices(name, f"SCORER_{name}"))
 
 
 class WorkerSettings(BaseSettings):
@@ -11,14 +18,8 @@ class WorkerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SCORER_", frozen=True, extra="ignore")
 
-    kafka_bootstrap_servers: str = Field(
-        default="127.0.0.1:9092",
-        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "SCORER_KAFKA_BOOTSTRAP_SERVERS"),
-    )
-    mlflow_tracking_uri: str = Field(
-        default="sqlite:///mlflow.db",
-        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "SCORER_MLFLOW_TRACKING_URI"),
-    )
+    kafka_bootstrap_servers: str = _standard("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    mlflow_tracking_uri: str = _standard("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
     app_id: str = "income-scorer"
     input_topic: str = "applicants"
     output_topic: str = "predictions"

@@ -6,6 +6,7 @@ batches are observed with one bucket count per batch instead of one call per rec
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import numpy as np
@@ -45,70 +46,53 @@ class ScorerMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.records = Counter(
-            "scorer_records", "Input records by outcome", ["outcome"], registry=registry
-        )
-        self.predictions = Counter(
-            "scorer_predictions", "Predictions emitted, by label", ["label"], registry=registry
-        )
-        self.event_latency = Histogram(
+        counter = functools.partial(Counter, registry=registry)
+        gauge = functools.partial(Gauge, registry=registry)
+        histogram = functools.partial(Histogram, registry=registry)
+        self.records = counter("scorer_records", "Input records by outcome", ["outcome"])
+        self.predictions = counter("scorer_predictions", "Predictions emitted, by label", ["label"])
+        self.event_latency = histogram(
             "scorer_event_latency_seconds",
             "Input record's Kafka timestamp to scoring",
             buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
-        self.batch_size = Histogram(
-            "scorer_batch_size", "Records per micro-batch", buckets=BATCH_BUCKETS, registry=registry
+        self.batch_size = histogram(
+            "scorer_batch_size", "Records per micro-batch", buckets=BATCH_BUCKETS
         )
-        self.inference = Histogram(
+        self.inference = histogram(
             "scorer_inference_seconds",
             "Encode + predict time of one batch",
             buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
-        self.score = Histogram(
-            "scorer_score", "Predicted P(>50K)", buckets=SCORE_BUCKETS, registry=registry
-        )
-        self.feature_psi = Gauge(
+        self.score = histogram("scorer_score", "Predicted P(>50K)", buckets=SCORE_BUCKETS)
+        self.feature_psi = gauge(
             "scorer_feature_drift_psi",
             "PSI of a feature over the drift window against the training reference",
             ["feature"],
-            registry=registry,
         )
-        self.prediction_psi = Gauge(
+        self.prediction_psi = gauge(
             "scorer_prediction_drift_psi",
             "PSI of the score distribution over the drift window against validation scores",
-            registry=registry,
         )
-        self.model_info = Gauge(
+        self.model_info = gauge(
             "scorer_model_info",
             "The model version in service (value 1)",
             ["model_name", "model_version"],
-            registry=registry,
         )
-        self.model_loaded = Gauge(
-            "scorer_model_loaded", "1 once a model serves, else 0", registry=registry
+        self.model_loaded = gauge("scorer_model_loaded", "1 once a model serves, else 0")
+        self.reloads = counter("scorer_model_reloads", "Model load attempts by result", ["result"])
+        self.dead_letters = counter(
+            "scorer_dead_letters", "Records sent to the DLQ, by reason", ["reason"]
         )
-        self.reloads = Counter(
-            "scorer_model_reloads", "Model load attempts by result", ["result"], registry=registry
-        )
-        self.dead_letters = Counter(
-            "scorer_dead_letters",
-            "Records sent to the DLQ, by reason",
-            ["reason"],
-            registry=registry,
-        )
-        self.unknown_categories = Counter(
+        self.unknown_categories = counter(
             "scorer_unknown_categories",
             "Categorical values that were missing or unseen in training (scored as missing)",
             ["feature"],
-            registry=registry,
         )
-        self.consumer_lag = Gauge(
+        self.consumer_lag = gauge(
             "scorer_consumer_lag",
             "Fetch high watermark minus the next offset to process",
             ["topic", "partition"],
-            registry=registry,
         )
         self._init_series()
 
