@@ -32,6 +32,7 @@ WORKDIR /opt/income-stream-scorer
 COPY pyproject.toml README.md ./
 COPY trainer ./trainer
 COPY stream_worker ./stream_worker
+# The runtime install: trainer and worker, no embedded broker or profilers (extras local, dev).
 RUN pip install . \
     && python -c "import trainer, stream_worker"
 
