@@ -21,11 +21,9 @@ from mlflow.tracking import MlflowClient
 from stream_worker.exceptions import ModelUnavailableError, one_line
 from stream_worker.scoring.metrics import ScorerMetrics
 from stream_worker.scoring.scorer import LoadedModel
-from trainer.model.bundle import ModelBundle
+from trainer.model.bundle import BUNDLE_IN_MODEL, ModelBundle
 
 log = logging.getLogger(__name__)
-
-BUNDLE_SUBDIR = Path("artifacts") / "bundle"
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class MlflowModelSource:
             raise ModelUnavailableError(
                 f"cannot download version {version}: {one_line(exc)}"
             ) from exc
-        return Path(path) / BUNDLE_SUBDIR
+        return Path(path) / BUNDLE_IN_MODEL
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         if not run_id:

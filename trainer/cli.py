@@ -31,8 +31,7 @@ TrackingOpt = Annotated[
 
 
 def _settings(**overrides: Any) -> TrainerSettings:
-    clean = {k: v for k, v in overrides.items() if v is not None}
-    return TrainerSettings(**clean)
+    return TrainerSettings(**_overrides(**overrides))
 
 
 class _LogFormatter(logging.Formatter):
@@ -213,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: every failure ends as one readable line and a non-zero exit code."""
     # OpenMP threads (XGBoost's, when n_jobs > 1) spin-wait between parallel sections by
     # default. When anything else wants the same cores (the worker: this is a 2-core machine)
-    # the spinning threads starve each other: one fit went from 3 s to 40-90 s, measured.
+    # the spinning threads starve each other and a fit gets many times slower (timings:
+    # docs/decisions.md).
     # Passive waiting is slower on an idle machine but never pathological. It must be set
     # before xgboost is first imported, which the commands below do lazily.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -9,6 +9,7 @@ reproduces exactly the F1 that chose it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -174,18 +175,27 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _curve_figure() -> tuple[Figure, Any]:
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _finish_unit_square(ax: Any, legend_loc: str) -> None:
+    """Both axes on [0, 1] (a little headroom on y), legend, light grid."""
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.legend(loc=legend_loc)
+    ax.grid(alpha=0.3)
+
+
 def _roc_figure(labels: NDArray[np.int_], scores: NDArray[np.float64]) -> Figure:
     fpr, tpr, _ = roc_curve(labels, scores)
     auc = roc_auc_score(labels, scores)
-    fig = Figure(figsize=(5.5, 5), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _curve_figure()
     ax.plot(fpr, tpr, label=f"model (AUC = {auc:.4f})")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
     ax.set(xlabel="False positive rate", ylabel="True positive rate", title="ROC curve")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
+    _finish_unit_square(ax, legend_loc="lower right")
     return fig
 
 
@@ -196,8 +206,7 @@ def _pr_figure(labels: NDArray[np.int_], scores: NDArray[np.float64], threshold:
     tp = int((predicted & (labels == 1)).sum())
     chosen_precision = tp / max(int(predicted.sum()), 1)
     chosen_recall = tp / max(int(labels.sum()), 1)
-    fig = Figure(figsize=(5.5, 5), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _curve_figure()
     ax.step(recall, precision, where="post", label=f"model (AP = {ap:.4f})")
     ax.axhline(labels.mean(), linestyle="--", color="grey", label="base rate")
     ax.scatter(
@@ -208,10 +217,7 @@ def _pr_figure(labels: NDArray[np.int_], scores: NDArray[np.float64], threshold:
         label=f"threshold {threshold:.3f}",
     )
     ax.set(xlabel="Recall", ylabel="Precision", title="Precision-recall curve")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.legend(loc="lower left")
-    ax.grid(alpha=0.3)
+    _finish_unit_square(ax, legend_loc="lower left")
     return fig
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 from trainer import dataset
 from trainer.evaluate import classification_metrics, save_plots
 from trainer.exceptions import RegistryError
+from trainer.model.bundle import BUNDLE_ARTIFACT, ModelBundle
 from trainer.model.features import frame_columns
 from trainer.provenance import git_commit
 from trainer.pyfunc import AdultIncomeModel, model_signature
@@ -28,6 +29,8 @@ from trainer.train import TrainedModel, feature_importance, train_model
 log = logging.getLogger(__name__)
 
 PIP_REQUIREMENTS = ["xgboost", "numpy", "pandas", "income-stream-scorer"]
+#: Bundle metadata also set as run tags, so runs can be searched by where they came from.
+PROVENANCE_TAGS = ("data_checksum", "data_source", "git_commit")
 
 
 @dataclass(frozen=True)
@@ -84,72 +87,94 @@ def log_and_register(
     evaluation: Evaluation,
 ) -> tuple[str, str]:
     """Log params, metrics, plots, report and bundle; register a version: (run id, version)."""
+    _use_store(settings)
+    bundle = trained.bundle
+    bundle.metadata.update(_bundle_metadata(data, trained, evaluation))
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        _log_run_record(settings, trained, evaluation)
+        _log_plots_and_report(data, bundle, evaluation, workdir)
+        version = _register_model(settings, bundle, workdir)
+        log.info("run %s registered %s version %s", run.info.run_id, settings.model_name, version)
+        return run.info.run_id, version
+
+
+def _use_store(settings: TrainerSettings) -> None:
+    """Point MLflow's tracking and registry at the store; create the experiment if new."""
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     _ensure_experiment(settings)
-    bundle = trained.bundle
-    bundle.metadata.update(
-        {
-            "metrics": evaluation.metrics,
-            "data_checksum": data.checksum,
-            "data_source": data.source,
-            "git_commit": git_commit(),
-            "params": _loggable(trained.params),
-            "rounds": trained.rounds,
-            "members": _member_records(trained),
-        }
-    )
-    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        mlflow.set_tags(
-            {
-                "data_checksum": data.checksum,
-                "data_source": data.source,
-                "git_commit": bundle.metadata["git_commit"],
-            }
-        )
-        mlflow.log_params(
-            {
-                **_loggable(trained.params),
-                "rounds": trained.rounds,
-                "ensemble_size": len(trained.members),
-                "max_trees": settings.max_trees,
-                "trials_requested": settings.trials,
-                "trials_completed": trained.tuning.trials_completed,
-                "trials_pruned": trained.tuning.trials_pruned,
-                "validation_fraction": settings.validation_fraction,
-                "n_features": bundle.encoder.n_features,
-            }
-        )
-        mlflow.log_metrics({**evaluation.metrics, "valid_roc_auc": trained.tuning.best_valid_auc})
-        mlflow.log_dict({"members": bundle.metadata["members"]}, "ensemble.json")
-        plots = save_plots(
-            evaluation.y_test,
-            evaluation.probabilities,
-            bundle.threshold,
-            feature_importance(bundle),
-            workdir / "plots",
-        )
-        for path in plots:
-            mlflow.log_artifact(str(path), artifact_path="plots")
-        report = data_report(data.train, data.test, workdir / "report")
-        mlflow.log_artifact(str(report), artifact_path="report")
 
-        bundle_dir = bundle.save(workdir / "bundle")
-        example = pd.DataFrame(bundle.reference_records[:5])
-        signature = model_signature()
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=AdultIncomeModel(),
-            artifacts={"bundle": str(bundle_dir)},
-            signature=signature,
-            input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
-            registered_model_name=settings.model_name,
-        )
-        version = str(info.registered_model_version)
-        log.info("run %s registered %s version %s", run.info.run_id, settings.model_name, version)
-        return run.info.run_id, version
+
+def _bundle_metadata(
+    data: dataset.AdultData, trained: TrainedModel, evaluation: Evaluation
+) -> dict[str, Any]:
+    """What the bundle carries about its own making: provenance, test metrics, the ensemble."""
+    return {
+        "metrics": evaluation.metrics,
+        "data_checksum": data.checksum,
+        "data_source": data.source,
+        "git_commit": git_commit(),
+        "params": _loggable(trained.params),
+        "rounds": trained.rounds,
+        "members": _member_records(trained),
+    }
+
+
+def _log_run_record(
+    settings: TrainerSettings, trained: TrainedModel, evaluation: Evaluation
+) -> None:
+    """The active run's provenance tags, parameters, metrics and ensemble description."""
+    metadata = trained.bundle.metadata
+    mlflow.set_tags({key: metadata[key] for key in PROVENANCE_TAGS})
+    mlflow.log_params(_run_params(settings, trained))
+    mlflow.log_metrics({**evaluation.metrics, "valid_roc_auc": trained.tuning.best_valid_auc})
+    mlflow.log_dict({"members": metadata["members"]}, "ensemble.json")
+
+
+def _run_params(settings: TrainerSettings, trained: TrainedModel) -> dict[str, Any]:
+    return {
+        **_loggable(trained.params),
+        "rounds": trained.rounds,
+        "ensemble_size": len(trained.members),
+        "max_trees": settings.max_trees,
+        "trials_requested": settings.trials,
+        "trials_completed": trained.tuning.trials_completed,
+        "trials_pruned": trained.tuning.trials_pruned,
+        "validation_fraction": settings.validation_fraction,
+        "n_features": trained.bundle.encoder.n_features,
+    }
+
+
+def _log_plots_and_report(
+    data: dataset.AdultData, bundle: ModelBundle, evaluation: Evaluation, workdir: Path
+) -> None:
+    plots = save_plots(
+        evaluation.y_test,
+        evaluation.probabilities,
+        bundle.threshold,
+        feature_importance(bundle),
+        workdir / "plots",
+    )
+    for path in plots:
+        mlflow.log_artifact(str(path), artifact_path="plots")
+    report = data_report(data.train, data.test, workdir / "report")
+    mlflow.log_artifact(str(report), artifact_path="report")
+
+
+def _register_model(settings: TrainerSettings, bundle: ModelBundle, workdir: Path) -> str:
+    """Log the bundle as a pyfunc model and register it as a new version of the model name."""
+    bundle_dir = bundle.save(workdir / BUNDLE_ARTIFACT)
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=AdultIncomeModel(),
+        artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+        signature=model_signature(),
+        input_example=pd.DataFrame(bundle.reference_records[:5]),
+        pip_requirements=PIP_REQUIREMENTS,
+        registered_model_name=settings.model_name,
+    )
+    return str(info.registered_model_version)
 
 
 def _loggable(params: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pandas as pd
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
-from trainer.model.bundle import ModelBundle, records_to_columns
+from trainer.model.bundle import BUNDLE_ARTIFACT, ModelBundle, records_to_columns
 from trainer.model.columns import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
 
 
@@ -40,7 +40,7 @@ class AdultIncomeModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-def
     """Applicants in (snake_case or UCI hyphenated columns), probability and label out."""
 
     def load_context(self, context: Any) -> None:
-        self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
+        self.bundle = ModelBundle.load(Path(context.artifacts[BUNDLE_ARTIFACT]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         frame = model_input.rename(columns=lambda c: str(c).replace("-", "_"))

@@ -32,19 +32,18 @@ class TrainerSettings(BaseSettings):
     timeout_seconds: float = Field(default=180.0, gt=0)
     max_rounds: int = Field(default=2000, ge=1)
     early_stopping_rounds: int = Field(default=50, ge=1)
-    # The final model averages the refits of up to this many best trials (one booster; see
-    # trainer/train.py for the cross-validation that chose 3). 1 = the best trial alone.
+    # The final model averages the refits of up to this many best trials (one booster; the
+    # cross-validation that chose 3: docs/decisions.md). 1 = the best trial alone.
     ensemble_size: int = Field(default=3, ge=1)
     # Scoring budget: at most this many trees in the final booster (fewer members, or larger
-    # refit steps, when the members would need more). Measured with `stream-worker bench`
-    # against default-trained models: 600 trees 21.9k records/s, 1,200 trees 17.5k, 6,380
-    # trees 7.8k for one worker, i.e. ~34 µs per record plus ~19 µs per 1,000 trees; 700
-    # keeps the 20k records/s goal with a 5 % margin.
+    # refit steps, when the members would need more). 700 keeps one worker above the 20k
+    # records/s goal: see docs/decisions.md (throughput figures: docs/benchmark.md, "Throughput
+    # against the model's size").
     max_trees: int = Field(default=700, ge=1)
-    # One XGBoost thread: on this data (26k rows, 88 columns) a round is too small for a second
-    # thread to pay for its synchronisation: 2,000 rounds take 5.1 s on one thread, 6.4 s on
-    # two waiting passively, 3.1 s on two spinning, which turns into 40-90 s as soon as anything
-    # else (the worker) wants a core. The model is bit-identical for any thread count.
+    # One XGBoost thread: on this data a boosting round is too small for a second thread to pay
+    # for its synchronisation when waiting passively, and spinning threads slow down many times
+    # over as soon as anything else (the worker) wants a core; see docs/decisions.md. The model
+    # is bit-identical for any thread count.
     n_jobs: int = Field(default=1, ge=1)
     gate_min_roc_auc: float = Field(default=0.92, ge=0.0, le=1.0)
     gate_tolerance: float = Field(default=0.002, ge=0.0, le=1.0)

@@ -28,28 +28,18 @@ REFIT_ETA_FACTOR = 0.25
 1 / fraction times the early-stopped rounds (the same total step size, in smaller steps).
 
 Chosen by 5-fold cross-validation of the whole pipeline on adult.data (never adult.test):
-against refitting at the tuned rate with rounds × (1 + validation fraction), half the rate
-and twice the rounds raised out-of-fold ROC-AUC from 0.93021 to 0.93079 and accuracy at 0.5
-from 0.8742 to 0.8753, better in every fold; a quarter of the rate and four times the rounds
-added another 0.00014 (0.93093). Adding rounds for the larger refit data set made things
-slightly worse at either rate (×1.0 > ×1.1 > ×1.2 > … > ×1.6), so it adds none.
+smaller steps scored better out of fold than refitting at the tuned rate, and adding rounds
+for the larger refit data set did not help, so it adds none (figures: docs/decisions.md).
 """
 
-# Why the final model averages the best trials (``TrainerSettings.ensemble_size``): nested
-# 5-fold cross-validation on adult.data (the whole tuning pipeline inside each fold, the held-out
-# fold scored once; never adult.test), ROC-AUC on the held-out folds, mean over folds:
-#
-#   best trial alone, refit at 1/2 the rate        0.93079
-#   best trial alone, refit at 1/4 the rate        0.93093
-#   3 seeds of the best trial, refit at 1/2        0.93089
-#   best 3 trials averaged, refit at 1/2           0.93097
-#   best 2 / 3 / 4 / 5 trials, refit at 1/4        0.93105 / 0.93112 / 0.93106 / 0.93107
-#
-# Best 3 at 1/4 beat the best trial alone by 0.0003-0.0005 in four folds and lost 0.00004 in
-# the fifth. More members add nothing. But every tree costs time at scoring, and 3 members at
-# 1/4 can reach 6,000+ trees (one worker fell from ~22k to 7.8k records/s), so ``refit_plan``
-# holds the booster to ``TrainerSettings.max_trees`` (700 by default: mostly the best trial
-# alone, refit at between 1/4 and 1/2 of its rate; more members when trials stop early).
+# Why the final model averages the best trials (``TrainerSettings.ensemble_size``): in nested
+# 5-fold cross-validation on adult.data (the whole tuning pipeline inside each fold, never
+# adult.test) the best 3 trials, refit at 1/4 of their rate, beat the best trial alone and
+# seed-bagging; more members added nothing (figures: docs/decisions.md). But every tree costs
+# time at scoring and 3 members at 1/4 can reach thousands of trees (throughput per tree count:
+# docs/benchmark.md), so ``refit_plan`` holds the booster to ``TrainerSettings.max_trees``
+# (by default mostly the best trial alone, refit at between 1/4 and 1/2 of its rate; more
+# members when trials stop early).
 
 
 @dataclass(frozen=True)
@@ -117,11 +107,10 @@ def _members(
 def refit_plan(members: Sequence[Candidate], max_trees: int) -> tuple[list[Candidate], float]:
     """Which members to refit, and the learning-rate factor, within a budget of trees.
 
-    Scoring time grows with the trees (about 19 µs per record per 1,000 trees in a worker
-    here, see ``TrainerSettings.max_trees``), so the final booster is held to ``max_trees``:
-    the most of the best members that fit when refit at ``REFIT_ETA_FACTOR``; if not even the
-    best one fits, the best alone in steps just large enough to fit, never larger than its
-    tuned rate.
+    Scoring time grows with the trees (figures in docs/benchmark.md), so the final booster is
+    held to ``max_trees``: the most of the best members that fit when refit at
+    ``REFIT_ETA_FACTOR``; if not even the best one fits, the best alone in steps just large
+    enough to fit, never larger than its tuned rate.
     """
     for k in range(len(members), 0, -1):
         if sum(m.rounds for m in members[:k]) / REFIT_ETA_FACTOR <= max_trees:
@@ -140,41 +129,86 @@ def train_model(
     adult.data and average them into one booster (why: the comment above ``Encoded``)."""
     enc = encode_splits(splits)
     if tuning is None:
-        tuning = tune(
-            enc.data,
-            trials=settings.trials,
-            timeout_seconds=settings.timeout_seconds,
-            seed=settings.seed,
-            n_jobs=settings.n_jobs,
-            max_rounds=settings.max_rounds,
-            early_stopping_rounds=settings.early_stopping_rounds,
-            keep=settings.ensemble_size,
-        )
+        tuning = _tune(enc, settings)
     members, factor = refit_plan(
         _members(enc, tuning, settings, params_override), settings.max_trees
     )
-    # Each member's probabilities are prior-corrected for its own class weight; the average
-    # of corrected margins is the booster average minus the average correction.
-    offsets = [class_weight_offset(float(m.params.get("scale_pos_weight", 1.0))) for m in members]
-    offset = float(np.mean(offsets))
-
-    # Out-of-sample validation scores from the early-stopped models: threshold and score profile.
-    valid_margin = np.mean(
-        [
-            np.asarray(
-                m.booster.inplace_predict(
-                    enc.data.x_valid, predict_type="margin", iteration_range=(0, m.rounds)
-                ),
-                dtype=np.float64,
-            )
-            for m in members
-        ],
-        axis=0,
-    )
-    valid_proba = _sigmoid_corrected(valid_margin, offset)
+    offset = _mean_class_weight_offset(members)
+    valid_proba = _sigmoid_corrected(_valid_margin(enc, members), offset)
     threshold = best_f1_threshold(enc.data.y_valid, valid_proba)
+    final, refit_members = _refit(enc, members, factor)
+    bundle = ModelBundle(
+        booster=final,
+        encoder=enc.encoder,
+        threshold=threshold,
+        profile=ReferenceProfile.build(enc.encoder, enc.train, valid_proba),
+        log_class_weight=offset,
+    )
+    _attach_reference_sample(bundle, splits.valid)
+    trees = int(final.num_boosted_rounds())
+    log.info(
+        "trained: %d member(s), early-stopped rounds %s, %d trees, threshold %.4f",
+        len(members),
+        [m.rounds for m in members],
+        trees,
+        threshold,
+    )
+    return TrainedModel(
+        bundle, tuning, trees, valid_proba, refit_members[0].params, tuple(refit_members)
+    )
 
-    # Refit on train + validation: each tuned recipe in smaller steps (see ``refit_plan``).
+
+def _tune(enc: Encoded, settings: TrainerSettings) -> TuningResult:
+    """The Optuna study with the run's settings, keeping as many trials as may be averaged."""
+    return tune(
+        enc.data,
+        trials=settings.trials,
+        timeout_seconds=settings.timeout_seconds,
+        seed=settings.seed,
+        n_jobs=settings.n_jobs,
+        max_rounds=settings.max_rounds,
+        early_stopping_rounds=settings.early_stopping_rounds,
+        keep=settings.ensemble_size,
+    )
+
+
+def _mean_class_weight_offset(members: Sequence[Candidate]) -> float:
+    """The prior correction of the averaged booster.
+
+    Each member's probabilities are prior-corrected for its own class weight; the average
+    of corrected margins is the booster average minus the average correction.
+    """
+    offsets = [class_weight_offset(float(m.params.get("scale_pos_weight", 1.0))) for m in members]
+    return float(np.mean(offsets))
+
+
+def _attach_reference_sample(bundle: ModelBundle, valid: Any) -> None:
+    """Store the first validation rows and the final model's scores for the smoke test."""
+    sample = valid.head(REFERENCE_SAMPLE_SIZE)
+    bundle.reference_records = _records(sample)
+    bundle.reference_probabilities = [float(p) for p in bundle.predict(frame_columns(sample))]
+
+
+def _valid_margin(enc: Encoded, members: Sequence[Candidate]) -> npt.NDArray[np.float64]:
+    """Out-of-sample validation margins of the early-stopped members, averaged: they choose
+    the threshold and make the score profile."""
+    margins = [
+        np.asarray(
+            m.booster.inplace_predict(
+                enc.data.x_valid, predict_type="margin", iteration_range=(0, m.rounds)
+            ),
+            dtype=np.float64,
+        )
+        for m in members
+    ]
+    return np.asarray(np.mean(margins, axis=0), dtype=np.float64)
+
+
+def _refit(
+    enc: Encoded, members: Sequence[Candidate], factor: float
+) -> tuple[xgb.Booster, list[Member]]:
+    """Refit each member's recipe on train + validation in smaller steps (``refit_plan``),
+    merged into one booster."""
     x_all = np.vstack([enc.data.x_train, enc.data.x_valid])
     y_all = np.concatenate([enc.data.y_train, enc.data.y_valid])
     d_all = xgb.DMatrix(x_all, y_all, feature_names=enc.data.feature_names)
@@ -185,34 +219,7 @@ def train_model(
         refit_rounds = max(1, round(m.rounds / factor))
         refits.append(xgb.train(final_params, d_all, num_boost_round=refit_rounds))
         refit_members.append(Member(final_params, refit_rounds, m.valid_auc))
-    final = ensemble.average(refits)
-    profile = ReferenceProfile.build(enc.encoder, enc.train, valid_proba)
-    bundle = ModelBundle(
-        booster=final,
-        encoder=enc.encoder,
-        threshold=threshold,
-        profile=profile,
-        log_class_weight=offset,
-    )
-    sample = splits.valid.head(REFERENCE_SAMPLE_SIZE)
-    bundle.reference_records = _records(sample)
-    bundle.reference_probabilities = [float(p) for p in bundle.predict(frame_columns(sample))]
-    trees = int(final.num_boosted_rounds())
-    log.info(
-        "trained: %d member(s), early-stopped rounds %s, %d trees, threshold %.4f",
-        len(members),
-        [m.rounds for m in members],
-        trees,
-        threshold,
-    )
-    return TrainedModel(
-        bundle,
-        tuning,
-        trees,
-        valid_proba,
-        refit_members[0].params,
-        tuple(refit_members),
-    )
+    return ensemble.average(refits), refit_members
 
 
 def _records(frame: Any) -> list[dict[str, Any]]:

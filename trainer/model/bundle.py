@@ -29,6 +29,14 @@ SAMPLE_FILE = "reference_sample.json"
 SMOKE_TOLERANCE = 1e-5
 
 
+BUNDLE_ARTIFACT = "bundle"
+"""The bundle's key among the pyfunc model's artifacts (``log_model(artifacts=...)``)."""
+BUNDLE_IN_MODEL = Path("artifacts") / BUNDLE_ARTIFACT
+"""Where the bundle folder sits inside a logged or downloaded model version: MLflow's pyfunc
+flavour keeps each artifact under ``artifacts/<key>``. The trainer logs it there and the worker
+loads it from there; this is the one definition of that path."""
+
+
 @dataclass
 class ModelBundle:
     """Everything needed to score: ``predict`` is the one scoring function of the project.

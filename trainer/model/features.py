@@ -30,8 +30,8 @@ MODEL_EXCLUDED: tuple[str, ...] = ("education", "fnlwgt")
 columns add nothing but more ways to split on noise. ``fnlwgt`` is the census sampling
 weight, how many people a row stands for, not a property of the applicant. Decided on
 adult.data only: in 5-fold cross-validation of the whole tuning pipeline, dropping both gave
-the same ROC-AUC (0.93021 vs 0.93018 mean over folds) and accuracy/F1 no worse, with 17
-fewer columns to train and score. Never decided on adult.test.
+the same ROC-AUC and accuracy/F1 no worse, with 17 fewer columns to train and score
+(figures: docs/decisions.md). Never decided on adult.test.
 """
 
 
@@ -97,11 +97,6 @@ class FeatureEncoder:
             col = self.categorical[j]
             names.extend(f"{col}__{value}" for value in self.vocabularies[col])
         return names
-
-    @property
-    def numeric_indices(self) -> dict[str, int]:
-        """Column of each numeric feature in ``EncodedBatch.numeric`` (all of them)."""
-        return {c: i for i, c in enumerate(self.numeric)}
 
     def codes(self, columns: Mapping[str, Sequence[Any]]) -> EncodedBatch:
         """Convert raw columns (lists or arrays) to numeric values and category codes."""

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from trainer import dataset, pipeline
 from trainer.exceptions import RegistryError
 from trainer.model import columns
-from trainer.model.bundle import ModelBundle
+from trainer.model.bundle import BUNDLE_IN_MODEL, ModelBundle
 from trainer.model.features import frame_columns
 from trainer.registry import Registry, connect
 from trainer.settings import TrainerSettings
@@ -144,7 +144,7 @@ def test_registered_bundle_reproduces_in_memory_probabilities(
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{MODEL}/1", dst_path=str(tmp_path), tracking_uri=history.uri
     )
-    bundle = ModelBundle.load(Path(local) / "artifacts" / "bundle")
+    bundle = ModelBundle.load(Path(local) / BUNDLE_IN_MODEL)
     columns = frame_columns(history.data.test)
     served = bundle.predict(columns)
     assert served.shape == (len(history.data.test),)
@@ -210,7 +210,7 @@ def test_tuned_run_logs_its_ensemble_members(history: History, tmp_path: Path) -
         dst_path=str(tmp_path / "model"),
         tracking_uri=history.uri,
     )
-    bundle = ModelBundle.load(Path(folder) / "artifacts" / "bundle")
+    bundle = ModelBundle.load(Path(folder) / BUNDLE_IN_MODEL)
     assert bundle.booster.num_boosted_rounds() == int(run.data.params["rounds"])
     assert bundle.metadata["members"] == members
     bundle.smoke_test()

@@ -125,7 +125,7 @@ def test_a_shifted_batch_shows_drift_only_where_it_shifted(
 ) -> None:
     encoder, batch, profile = reference
     numeric = batch.numeric.copy()
-    numeric[:, encoder.numeric_indices["age"]] += 20
+    numeric[:, encoder.numeric.index("age")] += 20
     codes = batch.codes.copy()
     codes[: len(codes) // 2, encoder.categorical.index("education")] = -1  # half unseen
     bins = profile.feature_bins(encoder, EncodedBatch(numeric, codes))
