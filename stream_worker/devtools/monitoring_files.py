@@ -14,7 +14,7 @@ JOB = "income-scorer"
 
 def monitoring_dir() -> Path:
     """``monitoring/`` of the source tree (the project is installed editable, as make does)."""
-    folder = Path(__file__).resolve().parents[1] / "monitoring"
+    folder = Path(__file__).resolve().parents[2] / "monitoring"
     if not folder.is_dir():
         raise ConfigError(f"monitoring files not found at {folder}")
     return folder
