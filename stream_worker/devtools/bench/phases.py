@@ -1,0 +1,342 @@
+"""The phases that run worker processes: (a) throughput, (b) pass-through, (c) latency.
+
+Each phase gets fresh topics and its own consumer group (:meth:`BenchRun.phase_env`).
+Progress is read from the processes' own HTTP endpoints (cheap, so they keep the CPU);
+figures come from Kafka timestamps read back after the phase.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stream_worker.devtools.bench.context import BenchRun
+from stream_worker.devtools.bench.profiler import profiling
+from stream_worker.devtools.bench.sysinfo import CpuMeter, peak_rss_mb
+from stream_worker.devtools.processes import ManagedProcess, console_script
+from stream_worker.devtools.replay import assigned_consumer
+from stream_worker.exceptions import ScorerError
+
+START_TIMEOUT = 180.0  # seconds for a worker to load its model and join its group
+STALL_TIMEOUT = 60.0  # seconds without progress before a phase is declared stuck
+READ_BACK_TIMEOUT = 120.0  # seconds to read a phase's records back from a topic
+
+#: Progress of one process: records it has handled so far.
+Progress = Callable[[ManagedProcess], int]
+
+
+@dataclass
+class ThroughputResult:
+    rps: float
+    span_s: float
+    first_batch: int
+    duplicates: int
+    rss_mb: list[float]
+    cpu: dict[str, float]
+    split: list[int] = field(default_factory=list)
+
+
+@dataclass
+class LatencyResult:
+    records: int
+    achieved_rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    rss_mb: float
+
+
+# --- (a), (b) throughput -------------------------------------------------------------------
+
+
+def throughput_phase(run: BenchRun, workers: int, profile: Path | None) -> ThroughputResult:
+    """N records pre-produced, then ``workers`` worker processes in one group drain them."""
+    tag = "throughput" if workers == 1 else f"throughput{workers}"
+
+    def start(env: dict[str, str]) -> list[ManagedProcess]:
+        return [run.launch(run.worker(env, f"{tag}-worker-{i}")) for i in range(workers)]
+
+    return _drain(run, tag, start, scored, "scored", profile)
+
+
+def passthrough_phase(run: BenchRun) -> ThroughputResult:
+    """The same N records through the Faust pass-through agent (:mod:`..passthrough`)."""
+
+    def start(env: dict[str, str]) -> list[ManagedProcess]:
+        return [run.launch(run.passthrough(env, "passthrough"))]
+
+    return _drain(run, "passthrough", start, forwarded, "forwarded", None)
+
+
+def _drain(
+    run: BenchRun,
+    tag: str,
+    start: Callable[[dict[str, str]], list[ManagedProcess]],
+    progress: Progress,
+    what: str,
+    profile: Path | None,
+) -> ThroughputResult:
+    """Pre-produce N records, start the processes together, wait until they have handled N."""
+    n = run.opts.records
+    with run.phase_env(tag) as env:
+        rate = run.produce(env["SCORER_INPUT_TOPIC"], n)
+        run.say(f"    pre-produced {n} records ({rate:,.0f}/s)")
+        # Started together so that they join the group in the same generation.
+        procs = start(env)
+        try:
+            for proc in procs:
+                proc.wait_ready(START_TIMEOUT)
+            with profiling(run, procs[0], profile):
+                meter = CpuMeter({"broker": run.broker.pid, **{p.name: p.pid for p in procs}})
+                wait_for(lambda: sum(map(progress, procs)), n, procs, what, meter.start)
+                cpu = meter.stop()
+            rss = [peak_rss_mb(p.pid) for p in procs]
+            split = [progress(p) for p in procs]
+        finally:
+            run.stop(*procs)
+        stamps, duplicates = first_timestamps(run.bootstrap, env["SCORER_OUTPUT_TOPIC"], n)
+    rps, span, first = span_rate(list(stamps.values()))
+    return ThroughputResult(rps, span, first, duplicates, rss, cpu, split)
+
+
+def span_rate(stamps_ms: Sequence[int]) -> tuple[float, float, int]:
+    """``(records/s, span in s, records stamped in the first millisecond)``.
+
+    The span runs from the Kafka timestamp of the first output record to that of the last.
+    Those timestamps are set by the worker's producer when it sends, i.e. right after a batch
+    is processed, so the span leaves out the consumer-group join and the model load (the
+    worker is idle then) and starts when the first batch has been processed. Rate = N / span:
+    the work of that first batch (at most ``batch_max`` records, ``first`` reports how many
+    were stamped in the first millisecond) falls before the span, so the figure can overstate
+    by up to ``batch_max / N``; at small N it is coarse.
+    """
+    arr = np.asarray(stamps_ms, dtype=np.int64)
+    first, last = int(arr.min()), int(arr.max())
+    span = max(last - first, 1) / 1000.0
+    return round(len(arr) / span, 1), span, int((arr == first).sum())
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+def wait_for(
+    count: Callable[[], int],
+    target: int,
+    procs: Sequence[ManagedProcess],
+    what: str,
+    on_first: Callable[[], None] | None = None,
+) -> None:
+    """Poll ``count`` (cheap HTTP calls, so the workers keep the CPU) until it reaches target.
+
+    ``on_first`` is called once, when the count first moves from zero.
+    """
+    last, last_change = -1, time.monotonic()
+    while True:
+        for proc in procs:
+            if not proc.running:
+                raise ScorerError(f"{proc.name} exited during the benchmark: {proc.tail()}")
+        value = count()
+        if value > 0 and on_first is not None:
+            on_first()
+            on_first = None
+        if value >= target:
+            return
+        now = time.monotonic()
+        if value != last:
+            last, last_change = value, now
+        elif now - last_change > STALL_TIMEOUT:
+            raise ScorerError(f"stuck at {value} of {target} {what} for {STALL_TIMEOUT:.0f}s")
+        time.sleep(0.25)
+
+
+_SCORED = re.compile(r'^scorer_records_total\{outcome="scored"\} ([0-9.e+]+)$', re.MULTILINE)
+
+
+def scored_in(metrics_text: str) -> int:
+    """``scorer_records_total{outcome="scored"}`` from a Prometheus exposition (0 if absent)."""
+    match = _SCORED.search(metrics_text)
+    return int(float(match.group(1))) if match else 0
+
+
+def scored(proc: ManagedProcess) -> int:
+    """Records a worker has scored so far (its ``/metrics``)."""
+    text = _get(proc, "/metrics")
+    return scored_in(text) if text else 0
+
+
+def forwarded(proc: ManagedProcess) -> int:
+    """Records the pass-through agent has forwarded so far (its ``/stats``)."""
+    text = _get(proc, "/stats")
+    return int(json.loads(text)["forwarded"]) if text else 0
+
+
+def _get(proc: ManagedProcess, path: str) -> str | None:
+    assert proc.ready_url is not None
+    url = proc.ready_url.removesuffix("/health") + path
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
+    except OSError:
+        return None
+
+
+# --- reading a phase back ------------------------------------------------------------------
+
+
+def first_timestamps(
+    bootstrap: str, topic: str, expected: int, timeout: float = READ_BACK_TIMEOUT
+) -> tuple[dict[bytes, int], int]:
+    """Kafka timestamp (ms) of the first record of each of ``expected`` keys, and duplicates.
+
+    Raises ScorerError when fewer than ``expected`` keys arrive within ``timeout``.
+    """
+    consumer, _ = assigned_consumer(
+        bootstrap,
+        topic,
+        client_id="income-scorer-bench",
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        max_poll_records=20_000,
+    )
+    stamps: dict[bytes, int] = {}
+    total = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while len(stamps) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                for rec in batch:
+                    total += 1
+                    stamps.setdefault(rec.key, rec.timestamp)
+    finally:
+        consumer.close()
+    if len(stamps) < expected:
+        raise ScorerError(f"only {len(stamps)} of {expected} records arrived on {topic}")
+    return stamps, total - len(stamps)
+
+
+# --- (c) latency ---------------------------------------------------------------------------
+
+
+class ArrivalClock(threading.Thread):
+    """Polls the output topic continuously and notes when (wall clock) each key first arrives.
+
+    Not :func:`first_timestamps`: that reads Kafka timestamps after the fact; this notes the
+    moment a prediction reaches a consumer, while the phase runs.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(name="bench-arrivals", daemon=True)
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.arrivals: dict[bytes, float] = {}
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            consumer, tps = assigned_consumer(
+                self.bootstrap, self.topic, client_id="income-scorer-bench", fetch_max_wait_ms=5
+            )
+        except BaseException as exc:
+            self.error = exc
+            self.ready.set()
+            return
+        try:
+            for tp in tps:  # resolve the start offsets now, not when the first record is due
+                consumer.position(tp)
+            self.ready.set()
+            arrivals = self.arrivals
+            while not self._stop_event.is_set():
+                polled = consumer.poll(timeout_ms=100)
+                now = time.time()
+                for batch in polled.values():
+                    for rec in batch:
+                        arrivals.setdefault(rec.key, now)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=30)
+
+
+def latency_phase(run: BenchRun) -> LatencyResult:
+    """Offer ``rate`` records/s to a fresh worker; Kafka timestamp in → prediction arrival.
+
+    Input timestamps are read back from the input topic: the Kafka timestamp of each input
+    record, set by the producer when it sends.
+    """
+    total = max(1, round(run.opts.rate * run.opts.latency_seconds))
+    with run.phase_env("latency") as env:
+        proc = run.launch(run.worker(env, "latency-worker"))
+        clock = ArrivalClock(run.bootstrap, env["SCORER_OUTPUT_TOPIC"])
+        try:
+            proc.wait_ready(START_TIMEOUT)
+            clock.start()
+            clock.ready.wait(60)
+            if clock.error is not None:
+                raise ScorerError(f"cannot consume {clock.topic}: {clock.error}")
+            _offer(run, env, total)
+            wait_for(lambda: len(clock.arrivals), total, [proc], "predictions arrived")
+            rss = peak_rss_mb(proc.pid)
+        finally:
+            clock.stop()
+            run.stop(proc)
+        sent, _ = first_timestamps(run.bootstrap, env["SCORER_INPUT_TOPIC"], total)
+    return latency_figures(sent, clock.arrivals, rss)
+
+
+def _offer(run: BenchRun, env: dict[str, str], total: int) -> None:
+    """``total`` records at the offered rate, from a separate producer process.
+
+    A separate process (``stream-worker produce --rate``, i.e. ``replay.produce``) so that it
+    does not share this interpreter's GIL with the thread that notes arrivals.
+    """
+    opts = run.opts
+    argv = [console_script("stream-worker"), "produce", "--rate", f"{opts.rate:g}"]
+    argv += ["--limit", str(total)]
+    log_path = run.logs / "latency-producer.log"
+    producer = run.launch(ManagedProcess("latency-producer", argv, None, log_path, env))
+    assert producer.process is not None
+    code = producer.process.wait(timeout=opts.latency_seconds * 4 + 120)
+    run.stop(producer)
+    if code != 0:
+        raise ScorerError(f"the latency producer failed: {producer.tail()}")
+
+
+def latency_figures(
+    sent_ms: Mapping[bytes, int], arrived_s: Mapping[bytes, float], rss_mb: float
+) -> LatencyResult:
+    """Percentiles of arrival − send per key, and the rate the producer achieved.
+
+    ``sent_ms``: Kafka timestamps (ms) of the input records; ``arrived_s``: wall-clock time
+    (s) each key's prediction reached the consumer. The achieved rate is the records after
+    the first divided by the time from the first send to the last.
+    """
+    latencies = np.asarray(
+        [arrived_s[k] * 1000.0 - ts for k, ts in sent_ms.items()], dtype=np.float64
+    )
+    stamps = np.asarray(list(sent_ms.values()), dtype=np.float64)
+    achieved = (len(stamps) - 1) / max((stamps.max() - stamps.min()) / 1000.0, 1e-3)
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+    return LatencyResult(
+        records=len(latencies),
+        achieved_rps=round(float(achieved), 1),
+        p50_ms=round(float(p50), 2),
+        p95_ms=round(float(p95), 2),
+        p99_ms=round(float(p99), 2),
+        max_ms=round(float(latencies.max()), 2),
+        rss_mb=rss_mb,
+    )

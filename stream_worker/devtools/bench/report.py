@@ -1,0 +1,84 @@
+"""What a run's measured figures mean: derived figures, the targets, the table, the JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# Targets of DESIGN.md ("Quality bars"): judged in the output, never in tests.
+TARGET_RPS = 10_000.0
+GOAL_RPS = 20_000.0
+TARGET_PASSTHROUGH_RATIO = 0.8
+TARGET_SPEEDUP = 50.0
+TARGET_P99_MS = 50.0
+
+#: Targets that are goals, not bars: reported, but ``targets_met`` does not need them.
+GOALS = ("throughput_ge_20k_goal",)
+
+
+def derive(result: dict[str, Any]) -> None:
+    """Add ``speedup``, ``ratio_to_passthrough``, ``targets`` and ``targets_met`` in place."""
+    rps = float(result["throughput_rps"])
+    result["speedup"] = round(rps / result["naive_rps"], 1)
+    result["ratio_to_passthrough"] = round(rps / result["passthrough_rps"], 3)
+    result["targets"] = {
+        "throughput_ge_10k": rps >= TARGET_RPS,
+        "throughput_ge_20k_goal": rps >= GOAL_RPS,
+        "passthrough_ratio_ge_0_8": result["ratio_to_passthrough"] >= TARGET_PASSTHROUGH_RATIO,
+        "speedup_ge_50x": result["speedup"] >= TARGET_SPEEDUP,
+        "p99_le_50ms": result["p99_ms"] <= TARGET_P99_MS,
+    }
+    result["targets_met"] = all(v for k, v in result["targets"].items() if k not in GOALS)
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+def table(r: dict[str, Any]) -> list[str]:
+    """The printed summary: a heading, one row per figure with its bar and verdict."""
+    lines = ["", f"records {r['records']:,}  ·  {r['cpu']}  ·  commit {r['commit'][:12]}"]
+    lines.append(f"load average {r['load_average_start']} at start, {r['load_average_end']} at end")
+    lines.append("")
+    rows = _rows(r)
+    width = max(len(row[0]) for row in rows)
+    for name, value, target, verdict in rows:
+        lines.append(f"  {name:<{width}}  {value:>26}  {target:<22} {verdict}")
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in r["cost_share"].items())
+    lines.append(f"  cost share of process(): {shares}")
+    lines.append(f"  all bars met: {_yes(r['targets_met'])}")
+    return lines
+
+
+def _rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    t = r["targets"]
+    two = f"{r['two_worker_rps']:,.0f} records/s" if r.get("two_worker_rps") else "skipped"
+    return [
+        ("(a) throughput, one worker", f"{r['throughput_rps']:,.0f} records/s", "≥ 10,000 (goal 20,000)", _yes(t["throughput_ge_10k"])),  # noqa: E501
+        ("    CPU worker / broker", cpu_cores(r.get("throughput_cpu_cores")), "", ""),
+        ("(b) Faust pass-through", f"{r['passthrough_rps']:,.0f} records/s", "", ""),
+        ("    CPU agent / broker", cpu_cores(r.get("passthrough_cpu_cores")), "", ""),
+        ("    ratio to pass-through", f"{r['ratio_to_passthrough']:.2f}×", "≥ 0.8×", _yes(t["passthrough_ratio_ge_0_8"])),  # noqa: E501
+        ("(d) naive one-record scorer", f"{r['naive_rps']:,.0f} records/s", "", ""),
+        ("    speedup over naive", f"{r['speedup']:,.1f}×", "≥ 50×", _yes(t["speedup_ge_50x"])),
+        ("(c) latency p50 / p95", f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} ms", "", ""),
+        ("    latency p99 / max", f"{r['p99_ms']:.1f} / {r['max_ms']:.1f} ms", "p99 ≤ 50 ms", _yes(t["p99_le_50ms"])),  # noqa: E501
+        ("    offered / achieved", f"{r['offered_rps']:,.0f} / {r['achieved_offered_rps']:,.0f} records/s", "", ""),  # noqa: E501
+        ("(e) worker peak RSS", f"{r['worker_rss_mb']:,.0f} MiB", "", ""),
+        ("two workers, one group", two, "", ""),
+        ("BatchScorer.process alone", f"{r['scoring_only_rps']:,.0f} records/s", "", ""),
+    ]  # fmt: skip
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+def cpu_cores(cores: dict[str, float] | None) -> str:
+    """``"0.97 / 0.41 cores"``: the phase's own processes, then the broker."""
+    if not cores:
+        return "n/a"
+    own = sum(v for k, v in cores.items() if k != "broker")
+    return f"{own:.2f} / {cores.get('broker', 0.0):.2f} cores"
