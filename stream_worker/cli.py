@@ -112,7 +112,7 @@ def produce(
         records = tools.apply_drift(records, seed)
     ensure_topics(
         settings.kafka_bootstrap_servers,
-        [settings.input_topic, settings.output_topic, settings.dlq_topic],
+        settings.topics(),
         settings.topic_partitions,
     )
     stats = tools.produce(

@@ -24,6 +24,8 @@ class WorkerSettings(BaseSettings):
     input_topic: str = "applicants"
     output_topic: str = "predictions"
     dlq_topic: str = "applicants.dlq"
+    outcomes_topic: str = "outcomes"
+    outcomes_dlq_topic: str = "outcomes.dlq"
     topic_partitions: int = Field(default=6, ge=1)
     model_name: str = "adult-income"
     model_alias: str = "champion"
@@ -38,3 +40,25 @@ class WorkerSettings(BaseSettings):
     session_timeout_seconds: float = Field(default=8.0, gt=0)
     heartbeat_interval_seconds: float = Field(default=2.0, gt=0)
     log_level: str = "info"
+    # The capture (stream-worker capture): Parquet per topic at a local folder or fsspec URI.
+    capture_uri: str = "capture"
+    capture_group: str = "income-scorer-capture"
+    capture_flush_records: int = Field(default=20000, ge=1)
+    capture_flush_seconds: float = Field(default=5.0, gt=0)
+    # Live performance (stream-worker monitor): per model version, over the last N labelled
+    # records observed in the last T hours, recomputed from the capture every interval.
+    monitor_interval_seconds: float = Field(default=60.0, gt=0)
+    monitor_window_records: int = Field(default=5000, ge=10)
+    monitor_window_hours: float = Field(default=24.0, gt=0)
+    monitor_port: int = Field(default=6068, ge=1, le=65535)
+
+    def topics(self) -> list[str]:
+        """Every topic the system uses, created together up front (Tansu would auto-create a
+        missing one with 4 partitions)."""
+        return [
+            self.input_topic,
+            self.output_topic,
+            self.dlq_topic,
+            self.outcomes_topic,
+            self.outcomes_dlq_topic,
+        ]

@@ -19,7 +19,7 @@ BROKER_WAIT_SECONDS = 30.0
 
 
 def prepare_topics(settings: WorkerSettings) -> list[str]:
-    """Create input, output and DLQ topics with the configured partition count if missing."""
+    """Create every topic of the system with the configured partition count if missing."""
     try:
         wait_for_kafka(settings.kafka_bootstrap_servers, timeout=BROKER_WAIT_SECONDS)
     except BrokerError as exc:
@@ -28,7 +28,7 @@ def prepare_topics(settings: WorkerSettings) -> list[str]:
         ) from exc
     return ensure_topics(
         settings.kafka_bootstrap_servers,
-        [settings.input_topic, settings.output_topic, settings.dlq_topic],
+        settings.topics(),
         settings.topic_partitions,
     )
 
