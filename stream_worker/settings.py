@@ -45,10 +45,11 @@ class WorkerSettings(BaseSettings):
     capture_group: str = "income-scorer-capture"
     capture_flush_records: int = Field(default=20000, ge=1)
     capture_flush_seconds: float = Field(default=5.0, gt=0)
+    capture_port: int = Field(default=6067, ge=1, le=65535)
     # Live performance (stream-worker monitor): per model version, over the last N labelled
     # records observed in the last T hours, recomputed from the capture every interval.
     monitor_interval_seconds: float = Field(default=60.0, gt=0)
-    monitor_window_records: int = Field(default=5000, ge=10)
+    monitor_window_records: int = Field(default=50000, ge=10)
     monitor_window_hours: float = Field(default=24.0, gt=0)
     monitor_port: int = Field(default=6068, ge=1, le=65535)
 
