@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 from stream_worker.exceptions import ModelUnavailableError, one_line
 from stream_worker.scoring.metrics import ScorerMetrics
 from stream_worker.scoring.scorer import LoadedModel
-from trainer.model.bundle import BUNDLE_IN_MODEL, ModelBundle
+from trainer.model.bundle import ModelBundle
+from trainer.registry import download_version
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +52,13 @@ class MlflowModelSource:
         return AliasTarget(str(mv.version), str(mv.run_id or ""))
 
     def download(self, version: str, dest: Path) -> Path:
-        import mlflow.artifacts
-
+        """The version's bundle folder under ``dest`` (the trainer's own download helper)."""
         try:
-            # The version's physical location from this client: a ``models:/`` URI would be
-            # resolved against the process-wide registry URI (MLFLOW_REGISTRY_URI), which a
-            # parent process may have set to some other store.
-            location = self._client.get_model_version_download_uri(self.name, version)
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=location, dst_path=str(dest), tracking_uri=self.tracking_uri
-            )
+            return download_version(self._client, self.name, version, dest)
         except Exception as exc:
             raise ModelUnavailableError(
                 f"cannot download version {version}: {one_line(exc)}"
             ) from exc
-        return Path(path) / BUNDLE_IN_MODEL
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         if not run_id:

@@ -88,6 +88,14 @@ def run(
         DataSource | None, typer.Option(help="bundled snapshot or live UCI [env: TRAINER_SOURCE]")
     ] = None,
     tracking_uri: TrackingOpt = None,
+    capture_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--capture-uri",
+            help="also train and evaluate on the labelled capture at this folder or fsspec URI "
+            "[env: TRAINER_CAPTURE_URI]",
+        ),
+    ] = None,
     no_flow: Annotated[
         bool, typer.Option("--no-flow", help="run the steps without Prefect")
     ] = False,
@@ -95,9 +103,17 @@ def run(
         Path | None, typer.Option(help="also write the outcome (version, metrics) to this file")
     ] = None,
 ) -> None:
-    """Run the training flow once: tune, evaluate on adult.test, register, gate, promote."""
+    """Run the training flow once: tune, evaluate, register, gate, promote.
+
+    Evaluation is on adult.test; with a capture, on the part of it training never saw plus the
+    newest labelled captured rows (the champion is scored on the same rows).
+    """
     overrides = _overrides(
-        trials=trials, timeout_seconds=timeout, source=source, mlflow_tracking_uri=tracking_uri
+        trials=trials,
+        timeout_seconds=timeout,
+        source=source,
+        mlflow_tracking_uri=tracking_uri,
+        capture_uri=capture_uri,
     )
     settings = _settings(**overrides)
     _setup(settings)
@@ -140,22 +156,33 @@ def schedule(
         str | None,
         typer.Option(help='cron expression, e.g. "0 3 * * *" [env: TRAINER_SCHEDULE_CRON]'),
     ] = None,
-    trials: Annotated[int | None, typer.Option(min=1)] = None,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            help="a fixed interval in seconds instead of the cron expression "
+            "[env: TRAINER_SCHEDULE_INTERVAL_SECONDS]",
+        ),
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="Optuna trials [env: TRAINER_TRIALS]")
+    ] = None,
 ) -> None:
-    """Serve the training flow on a cron schedule (Prefect ``flow.serve``) until stopped."""
-    from croniter import croniter
+    """Serve the training flow on a schedule (Prefect ``flow.serve``) until stopped.
 
-    settings = _settings(schedule_cron=cron, trials=trials)
-    if not croniter.is_valid(settings.schedule_cron):
-        raise TrainerError(f"not a valid cron expression: {settings.schedule_cron!r}")
+    Against the Prefect server PREFECT_API_URL names, else a local one started on 127.0.0.1
+    for as long as this runs (its home: TRAINER_PREFECT_HOME).
+    """
+    import click
+
+    from trainer.schedule import Schedule, serve_on_schedule
+
+    if cron is not None and interval is not None:
+        raise click.UsageError("--cron and --interval exclude each other: give one of them")
+    settings = _settings(schedule_cron=cron, schedule_interval_seconds=interval, trials=trials)
+    plan = Schedule.from_settings(settings)
     _setup(settings)
-    from trainer.flow import training_flow
-
-    training_flow.serve(
-        name="adult-income-scheduled",
-        cron=settings.schedule_cron,
-        parameters={"overrides": _overrides(trials=trials)},
-    )
+    serve_on_schedule(settings, plan, parameters={"overrides": _overrides(trials=trials)})
 
 
 @app.command()

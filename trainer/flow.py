@@ -51,7 +51,9 @@ def training_flow(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train, evaluate, register and (through the gate) promote one model version.
 
     Settings come from the environment (``TRAINER_*``, ``MLFLOW_TRACKING_URI``) with
-    ``overrides`` on top, so a scheduled run and ``trainer run`` behave the same.
+    ``overrides`` on top, so a scheduled run and ``trainer run`` behave the same; with
+    ``capture_uri`` (``TRAINER_CAPTURE_URI``, ``--capture-uri``) the labelled capture trains
+    and evaluates too, and the gate scores the champion on the same evaluation rows.
     """
     settings = TrainerSettings(**(overrides or {}))
     registry: Registry = check_registry(settings)
@@ -59,7 +61,7 @@ def training_flow(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     trained: TrainedModel = train(data, settings)
     evaluation: pipeline.Evaluation = evaluate(trained, data)
     run_id, version = log_and_register(settings, data, trained, evaluation)
-    decision = gate_and_promote(registry, settings, version, evaluation.metrics)
+    decision = gate_and_promote(registry, settings, version, evaluation.metrics, data)
     return {
         "run_id": run_id,
         "version": version,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,15 +14,17 @@ import mlflow
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from mlflow.entities import Metric, RunTag
 
-from trainer import dataset
+from trainer import captured, dataset
 from trainer.evaluate import classification_metrics, save_plots
-from trainer.exceptions import RegistryError
+from trainer.exceptions import DataError, RegistryError
 from trainer.model.bundle import BUNDLE_ARTIFACT, ModelBundle
+from trainer.model.columns import TARGET
 from trainer.model.features import frame_columns
 from trainer.provenance import git_commit
 from trainer.pyfunc import AdultIncomeModel, model_signature
-from trainer.registry import GATE_METRIC, GateDecision, Registry, connect, gate
+from trainer.registry import GATE_METRIC, ChampionScore, GateDecision, Registry, connect, gate
 from trainer.report import data_report
 from trainer.settings import TrainerSettings
 from trainer.train import TrainedModel, feature_importance, train_model
@@ -57,7 +60,39 @@ def check_registry(settings: TrainerSettings) -> Registry:
 
 
 def load_data(settings: TrainerSettings) -> dataset.AdultData:
-    return dataset.load(settings.source, settings.data_dir)
+    """adult.data/adult.test, verified; with ``capture_uri``, plus the labelled capture.
+
+    Which rows then train and which evaluate: trainer/captured.py. An empty capture changes
+    nothing.
+    """
+    data = dataset.load(settings.source, settings.data_dir)
+    if settings.capture_uri is None:
+        return data
+    shown = captured.display_uri(settings.capture_uri)
+    try:
+        combined = captured.with_capture(
+            data, settings.capture_uri, settings.capture_cutoff, settings.capture_eval_fraction
+        )
+    except (ValueError, ImportError) as exc:  # an unknown scheme, a missing fsspec backend
+        raise DataError(f"cannot read the capture at {shown}: {exc}") from exc
+    summary = captured.summary_of(combined)
+    if summary is None:
+        log.info("the capture at %s holds no labelled records: adult.data only", shown)
+    else:
+        log.info(
+            "capture %s: %d labelled rows to %s: %d train, %d evaluate (%d dropped as seen); "
+            "%d adult.test rows evaluate (%d left out as captured); refused %s",
+            summary.uri,
+            summary.labelled,
+            summary.cutoff.isoformat(),
+            summary.train_rows,
+            summary.eval_rows,
+            summary.eval_dropped,
+            summary.test_rows,
+            summary.test_removed,
+            summary.rejected or "none",
+        )
+    return combined
 
 
 def train(
@@ -70,7 +105,11 @@ def train(
 
 
 def evaluate(trained: TrainedModel, data: dataset.AdultData) -> Evaluation:
-    """Score the untouched official test split once, at the validation-chosen threshold."""
+    """Score the evaluation rows once, at the validation-chosen threshold.
+
+    The evaluation rows are the untouched official test split, or with a capture that part of
+    it training never saw plus the newest captured rows (trainer/captured.py).
+    """
     bundle = trained.bundle
     y_test = dataset.labels(data.test)
     proba = bundle.predict(frame_columns(data.test))
@@ -93,6 +132,7 @@ def log_and_register(
     with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         _log_run_record(settings, trained, evaluation)
+        _log_data(data)
         _log_plots_and_report(data, bundle, evaluation, workdir)
         version = _register_model(settings, bundle, workdir)
         log.info("run %s registered %s version %s", run.info.run_id, settings.model_name, version)
@@ -130,6 +170,33 @@ def _log_run_record(
     mlflow.log_params(_run_params(settings, trained))
     mlflow.log_metrics({**evaluation.metrics, "valid_roc_auc": trained.tuning.best_valid_auc})
     mlflow.log_dict({"members": metadata["members"]}, "ensemble.json")
+
+
+def _log_data(data: dataset.AdultData) -> None:
+    """Which rows trained and which evaluated: one MLflow dataset per block, counts, capture."""
+    for part in captured.data_parts(data):
+        mlflow.log_input(_mlflow_dataset(part), context=part.context)
+    mlflow.log_params(captured.run_params(data))
+    tags = captured.run_tags(data)
+    if tags:
+        mlflow.set_tags(tags)
+
+
+def _mlflow_dataset(part: captured.DataPart) -> Any:
+    """The block as an ``mlflow.data`` dataset: name, digest, source and schema; no rows."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.pandas_dataset import from_pandas
+
+    try:
+        with warnings.catch_warnings():  # a local path resolves "in multiple ways", all local
+            warnings.simplefilter("ignore")
+            source: Any = resolve_dataset_source(part.source)
+    except Exception:  # no MLflow source type for this scheme (memory://, …): just name it
+        source = CodeDatasetSource({"uri": part.source})
+    return from_pandas(
+        part.frame, source=source, targets=TARGET, name=part.name, digest=part.digest
+    )
 
 
 def _run_params(settings: TrainerSettings, trained: TrainedModel) -> dict[str, Any]:
@@ -215,15 +282,48 @@ def _ensure_experiment(settings: TrainerSettings) -> None:
     mlflow.set_experiment(settings.experiment_name)
 
 
+def score_champion(registry: Registry, data: dataset.AdultData) -> ChampionScore | None:
+    """The champion's bundle, downloaded now and scored on ``data.test``; None: no champion.
+
+    If its bundle cannot be loaded or scored (artifacts deleted, an unreadable bundle), its
+    own run's logged ``test_roc_auc`` stands in, and the score says why.
+    """
+    version = registry.champion_version()
+    if version is None:
+        return None
+    try:
+        with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
+            bundle = ModelBundle.load(registry.download(version, Path(tmp)))
+        probabilities = bundle.predict(frame_columns(data.test))
+        metrics = classification_metrics(dataset.labels(data.test), probabilities, bundle.threshold)
+    except Exception as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        log.warning(
+            "champion version %s cannot be scored, using its logged metric: %s", version, why
+        )
+        return ChampionScore(version, registry.champion_metric(), fallback=why)
+    return ChampionScore(version, metrics["roc_auc"], rows=len(data.test), metrics=metrics)
+
+
 def gate_and_promote(
-    registry: Registry, settings: TrainerSettings, version: str, metrics: dict[str, float]
+    registry: Registry,
+    settings: TrainerSettings,
+    version: str,
+    metrics: dict[str, float],
+    data: dataset.AdultData | None = None,
 ) -> GateDecision:
+    """Gate version ``version`` (its ``metrics`` measured on ``data.test``), then promote or not.
+
+    With ``data`` the champion is scored on the same evaluation rows, now, and the decision,
+    the champion's version and its metrics there (``champion_eval_*``) go into the
+    candidate's run. Without, the champion's logged metric is compared (its own rows).
+    """
+    champion = score_champion(registry, data) if data is not None else registry.champion_metric()
     decision = gate(
-        metrics[GATE_METRIC],
-        registry.champion_metric(),
-        settings.gate_min_roc_auc,
-        settings.gate_tolerance,
+        metrics[GATE_METRIC], champion, settings.gate_min_roc_auc, settings.gate_tolerance
     )
+    if data is not None:
+        _log_gate(registry, version, decision)
     if decision.passed:
         registry.promote(version, decision.reason)
     else:
@@ -232,6 +332,26 @@ def gate_and_promote(
         "version %s %s: %s", version, "promoted" if decision.passed else "rejected", decision.reason
     )
     return decision
+
+
+def _log_gate(registry: Registry, version: str, decision: GateDecision) -> None:
+    """The gate's decision and the champion's side of it, in the candidate's run."""
+    run_id = registry.run_id(version)
+    if run_id is None:
+        return
+    tags = {"gate": "passed" if decision.passed else "rejected", "gate_reason": decision.reason}
+    metrics: dict[str, float] = {}
+    champion = decision.champion
+    if champion is not None:
+        tags["champion_version"] = champion.version
+        tags["champion_scored_on"] = "evaluation rows" if champion.rows is not None else "logged"
+        metrics = {f"champion_eval_{k}": v for k, v in champion.metrics.items()}
+    now = int(time.time() * 1000)
+    registry.client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
 
 
 def run_once(
@@ -249,5 +369,5 @@ def run_once(
         raise
     except Exception as exc:
         raise RegistryError(f"logging to MLflow failed: {exc}") from exc
-    decision = gate_and_promote(registry, settings, version, evaluation.metrics)
+    decision = gate_and_promote(registry, settings, version, evaluation.metrics, data)
     return RunOutcome(run_id, version, evaluation.metrics, decision, time.perf_counter() - started)

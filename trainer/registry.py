@@ -7,8 +7,10 @@ that held it are kept, newest last, in the registered model's ``champion_history
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -22,15 +24,65 @@ KEY_METRICS = ("test_roc_auc", "test_accuracy_at_0_5", "test_f1", "threshold")
 
 
 @dataclass(frozen=True)
+class ChampionScore:
+    """The champion's side of the gate: its ROC-AUC, and on which rows it was measured.
+
+    ``rows`` set: scored in this run on the candidate's evaluation rows (``metrics`` holds
+    all its metrics there). ``fallback`` set instead: it could not be scored (why), and
+    ``roc_auc`` is the figure its own run logged, on that run's evaluation rows.
+    """
+
+    version: str
+    roc_auc: float | None
+    rows: int | None = None
+    fallback: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def basis(self, candidate_auc: float) -> str:
+        """Both figures and what they were measured on, for the gate's reason."""
+        if self.rows is not None:
+            return (
+                f"candidate {candidate_auc:.4f} and champion (version {self.version}) "
+                f"{_fmt(self.roc_auc)}, both on the same {self.rows} evaluation rows"
+            )
+        return (
+            f"champion (version {self.version}) could not be scored on the evaluation rows "
+            f"({self.fallback}): its {GATE_METRIC} {_fmt(self.roc_auc)} as logged by its own run, "
+            f"on that run's evaluation rows, against the candidate's {candidate_auc:.4f}"
+        )
+
+
+@dataclass(frozen=True)
 class GateDecision:
     passed: bool
     reason: str
+    champion: ChampionScore | None = None
 
 
 def gate(
+    candidate_auc: float,
+    champion: float | ChampionScore | None,
+    floor: float,
+    tolerance: float,
+) -> GateDecision:
+    """Promote only above an absolute floor and no worse than the champion minus a tolerance.
+
+    ``champion``: a :class:`ChampionScore` (then the reason also cites both figures and the
+    rows they were measured on), or the champion's bare ROC-AUC, or None without a champion.
+    """
+    if not isinstance(champion, ChampionScore):
+        return _gate(candidate_auc, champion, floor, tolerance)
+    score = champion
+    decision = _gate(candidate_auc, score.roc_auc, floor, tolerance)
+    reason = decision.reason
+    if score.roc_auc is None or math.isnan(score.roc_auc):
+        reason = reason.replace("no champion yet", f"the champion has no usable {GATE_METRIC}")
+    return replace(decision, reason=f"{reason}; {score.basis(candidate_auc)}", champion=score)
+
+
+def _gate(
     candidate_auc: float, champion_auc: float | None, floor: float, tolerance: float
 ) -> GateDecision:
-    """Promote only above an absolute floor and no worse than the champion minus a tolerance."""
     if candidate_auc != candidate_auc:  # NaN
         return GateDecision(False, f"{GATE_METRIC} is not a number")
     if candidate_auc < floor:
@@ -52,6 +104,10 @@ def gate(
     )
 
 
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4f}"
+
+
 def configure_http_client(timeout_seconds: int = 10, retries: int = 1) -> None:
     """Fail fast against an unreachable tracking server instead of MLflow's minutes of retries."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_seconds))
@@ -70,6 +126,24 @@ def connect(tracking_uri: str) -> MlflowClient:
             f"MLflow tracking server {tracking_uri} is unreachable: {_first_line(exc)}"
         ) from exc
     return client
+
+
+def download_version(client: MlflowClient, name: str, version: str, dest: Path) -> Path:
+    """Download model version ``version`` of ``name`` under ``dest``; return its bundle folder.
+
+    The one way trainer and worker fetch a registered bundle. It asks ``client`` for the
+    version's physical location: a ``models:/`` URI would be resolved against the process-wide
+    registry URI (MLFLOW_REGISTRY_URI), which a parent process may have set to some other store.
+    """
+    import mlflow.artifacts
+
+    from trainer.model.bundle import BUNDLE_IN_MODEL  # xgboost: only when a bundle is wanted
+
+    location = client.get_model_version_download_uri(name, version)
+    path = mlflow.artifacts.download_artifacts(
+        artifact_uri=location, dst_path=str(dest), tracking_uri=client.tracking_uri
+    )
+    return Path(path) / BUNDLE_IN_MODEL
 
 
 def _first_line(exc: BaseException) -> str:
@@ -96,6 +170,14 @@ class Registry:
         if not mv.run_id:
             return {}
         return dict(self.client.get_run(mv.run_id).data.metrics)
+
+    def run_id(self, version: str) -> str | None:
+        """The run that logged ``version`` (None for a version registered from elsewhere)."""
+        return self.client.get_model_version(self.name, version).run_id or None
+
+    def download(self, version: str, dest: Path) -> Path:
+        """Version ``version``'s bundle folder, downloaded under ``dest``."""
+        return download_version(self.client, self.name, version, dest)
 
     def champion_metric(self, metric: str = GATE_METRIC) -> float | None:
         version = self.champion_version()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import AliasChoices, Field
@@ -52,3 +53,21 @@ class TrainerSettings(BaseSettings):
     # The bundled snapshot's folder by default; another folder laid out the same way (the three
     # files and SHA256SUMS) for tests and air-gapped mirrors. Not a CLI option on purpose.
     data_dir: str | None = None
+    # `trainer schedule`: a fixed interval instead of the cron expression (setting both is an
+    # error). Runs that would overlap a run still in progress are cancelled, not queued.
+    schedule_interval_seconds: float | None = Field(default=None, ge=1)
+    # The Prefect server whose scheduler fires the schedule (Prefect's own name, read here too).
+    # Unset: `trainer schedule` starts a private one on 127.0.0.1, its database in prefect_home.
+    prefect_api_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("PREFECT_API_URL")
+    )
+    prefect_home: str = ".prefect"
+    # A first start migrates the server's database: about 20 s here, more on a busy machine.
+    prefect_server_startup_timeout_seconds: float = Field(default=120.0, gt=0)
+    # Retraining on the capture (trainer/captured.py): the capture's root URI (as the worker's
+    # SCORER_CAPTURE_URI). Unset: adult.data trains and adult.test evaluates, as without one.
+    capture_uri: str | None = None
+    # Only outcomes observed at or before this instant (naive = UTC). Unset: when data loads.
+    capture_cutoff: datetime | None = None
+    # The newest fraction of the labelled capture (by observed_at) evaluates; the rest trains.
+    capture_eval_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
