@@ -181,13 +181,16 @@ def labelled_applicants(
     """
     con, counts = reader.connect()
     try:
-        query = """SELECT a.applicant_id, a.value, t.label, t.observed_at
-                   FROM latest_applicants a JOIN truth t USING (applicant_id)"""
-        params: list[object] = []
-        if until is not None:
-            query += " WHERE t.observed_at <= ?"
-            params.append(until)
-        query += " ORDER BY t.observed_at, a.applicant_id"
+        # The cutoff applies before "latest wins": an outcome corrected after the cutoff
+        # leaves the applicant with the one known at the cutoff.
+        known = "SELECT * FROM outcomes" + (" WHERE observed_at <= $until" if until else "")
+        query = f"""
+            WITH t AS ({known} QUALIFY row_number() OVER (PARTITION BY applicant_id
+                        ORDER BY observed_at DESC, "timestamp" DESC, "offset" DESC) = 1)
+            SELECT a.applicant_id, a.value, t.label, t.observed_at
+            FROM latest_applicants a JOIN t USING (applicant_id)
+            ORDER BY t.observed_at, a.applicant_id"""
+        params = {"until": until} if until else None
         return con.sql(query, params=params).to_arrow_table(), counts
     finally:
         con.close()

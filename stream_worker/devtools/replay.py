@@ -1,11 +1,14 @@
-"""Client tools (kafka-python, synchronous): replay applicants and tail predictions."""
+"""Client tools (kafka-python, synchronous): replay applicants (and, later, their true
+outcomes) and tail predictions."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,7 +18,7 @@ from trainer import dataset
 from trainer.model import columns
 
 if TYPE_CHECKING:
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,87 @@ def wire_value(record: dict[str, Any]) -> bytes:
 class ProduceStats:
     sent: int = 0
     seconds: float = 0.0
+    outcomes: int = 0  # true labels sent to the outcomes topic
+
+
+# --- outcomes: the true label, some time after the applicant -------------------------------
+
+
+@dataclass(frozen=True)
+class OutcomePlan:
+    """Send a record's true label (``_label``) to ``topic`` ``delay`` s after the record.
+
+    Only a seeded random ``fraction`` of the records ever gets its label, as in life.
+    """
+
+    topic: str
+    delay: float = 5.0
+    fraction: float = 1.0
+    seed: int = 0
+
+
+def outcome_value(applicant_id: str, label: str, observed_at: datetime | None = None) -> bytes:
+    """An outcome record (README, "Outcome record"); ``observed_at`` defaults to now, UTC."""
+    moment = observed_at or datetime.now(UTC)
+    return orjson.dumps(
+        {
+            "applicant_id": applicant_id,
+            "label": label,
+            "observed_at": moment.astimezone(UTC).isoformat(timespec="milliseconds"),
+        }
+    )
+
+
+class OutcomeQueue:
+    """Labels waiting for their time; first in, first due, since every record waits alike."""
+
+    def __init__(self, plan: OutcomePlan) -> None:
+        self.plan = plan
+        self._rng = np.random.default_rng(plan.seed)
+        self._waiting: deque[tuple[float, str, str]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def schedule(self, record: dict[str, Any], sent_at: float) -> None:
+        """Maybe (``fraction``) queue ``record``'s label for ``sent_at + delay``."""
+        if "_label" not in record:
+            raise ValueError(f"record {record.get('applicant_id')!r} has no true label")
+        if self._rng.random() < self.plan.fraction:
+            entry = (sent_at + self.plan.delay, str(record["applicant_id"]), record["_label"])
+            self._waiting.append(entry)
+
+    def next_due(self) -> float | None:
+        return self._waiting[0][0] if self._waiting else None
+
+    def pop_due(self, now: float) -> list[tuple[str, str]]:
+        """``(applicant_id, label)`` of every label due at ``now``."""
+        due = []
+        while self._waiting and self._waiting[0][0] <= now:
+            _, applicant_id, label = self._waiting.popleft()
+            due.append((applicant_id, label))
+        return due
+
+
+def _send_outcomes(producer: KafkaProducer, topic: str, due: list[tuple[str, str]]) -> int:
+    for applicant_id, label in due:
+        producer.send(topic, key=applicant_id.encode(), value=outcome_value(applicant_id, label))
+    return len(due)
+
+
+def _drain_outcomes(producer: KafkaProducer, queue: OutcomeQueue) -> int:
+    """After the last applicant: wait for each remaining label's time and send it."""
+    sent = 0
+    while (due_at := queue.next_due()) is not None:
+        delay = due_at - time.perf_counter()
+        if delay > 0:
+            producer.flush()  # what is sent so far reaches the broker while we wait
+            time.sleep(delay)
+        sent += _send_outcomes(producer, queue.plan.topic, queue.pop_due(time.perf_counter()))
+    return sent
+
+
+# --- producing -----------------------------------------------------------------------------
 
 
 def produce(
@@ -93,10 +177,21 @@ def produce(
     rate: float = 0.0,
     limit: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    outcomes: OutcomePlan | None = None,
+    start: int = 0,
 ) -> ProduceStats:
-    """Send records (cycling if ``limit`` exceeds them) at ``rate`` per second (0 = flat out)."""
+    """Send records (cycling if ``limit`` exceeds them) at ``rate`` per second (0 = flat out).
+
+    ``start`` skips that many records first; past the end of ``records`` they repeat with
+    suffixed ids (``-r1``, ``-r2``, …), so a later replay brings applicants not seen before.
+
+    With ``outcomes``, each record's true label follows on ``outcomes.topic`` after
+    ``outcomes.delay`` seconds (for the chosen fraction); this returns once all are sent.
+    ``seconds`` is the time the applicants took.
+    """
     from kafka import KafkaProducer
 
+    queue = OutcomeQueue(outcomes) if outcomes is not None else None
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
@@ -106,11 +201,11 @@ def produce(
         allow_auto_create_topics=False,
         client_id="income-scorer-produce",
     )
-    total = limit if limit is not None else len(records)
+    total = limit if limit is not None else max(len(records) - start, 0)
     stats = ProduceStats()
     started = time.perf_counter()
     try:
-        for i, rec in enumerate(_cycle(records, total)):
+        for i, rec in enumerate(_cycle(records, total, start)):
             if rate > 0:
                 due = started + i / rate
                 delay = due - time.perf_counter()
@@ -118,19 +213,33 @@ def produce(
                     time.sleep(delay)
             producer.send(topic, key=str(rec["applicant_id"]).encode(), value=wire_value(rec))
             stats.sent += 1
+            if queue is not None:
+                stats.outcomes += _follow(producer, queue, rec)
             if on_progress and stats.sent % 5000 == 0:
                 on_progress(stats.sent)
         producer.flush()
+        stats.seconds = time.perf_counter() - started  # the applicants' time, not the labels'
+        if queue is not None:
+            stats.outcomes += _drain_outcomes(producer, queue)
+            producer.flush()
     finally:
         producer.close()
-    stats.seconds = time.perf_counter() - started
     return stats
 
 
-def _cycle(records: list[dict[str, Any]], total: int) -> Iterator[dict[str, Any]]:
+def _follow(producer: KafkaProducer, queue: OutcomeQueue, sent: dict[str, Any]) -> int:
+    """Queue the label of the record just sent; send the labels now due."""
+    now = time.perf_counter()
+    queue.schedule(sent, now)
+    return _send_outcomes(producer, queue.plan.topic, queue.pop_due(now))
+
+
+def _cycle(
+    records: list[dict[str, Any]], total: int, start: int = 0
+) -> Iterator[dict[str, Any]]:
     if not records:
         return
-    for i in range(total):
+    for i in range(start, start + total):
         rec = records[i % len(records)]
         if i >= len(records):
             rec = {**rec, "applicant_id": f"{rec['applicant_id']}-r{i // len(records)}"}

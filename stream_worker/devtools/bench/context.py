@@ -37,6 +37,7 @@ class BenchOptions:
     latency_seconds: float = 15.0
     naive_records: int = 2000
     two_workers: bool = True
+    capture: bool = True
     tracking_uri: str | None = None
     json_path: Path = Path("bench/latest.json")
     workdir: Path = Path(".bench")
@@ -71,7 +72,8 @@ class BenchRun:
     def phase_env(self, tag: str) -> Iterator[dict[str, str]]:
         """Fresh topics and a fresh consumer group for one phase; the topics are deleted after."""
         run = uuid.uuid4().hex[:12]
-        topics = [f"bench-{tag}-{kind}-{run}" for kind in ("applicants", "predictions", "dlq")]
+        kinds = ("applicants", "predictions", "dlq", "outcomes", "outcomes-dlq")
+        topics = [f"bench-{tag}-{kind}-{run}" for kind in kinds]
         ensure_topics(self.bootstrap, topics, PARTITIONS)
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
@@ -79,6 +81,8 @@ class BenchRun:
             "SCORER_INPUT_TOPIC": topics[0],
             "SCORER_OUTPUT_TOPIC": topics[1],
             "SCORER_DLQ_TOPIC": topics[2],
+            "SCORER_OUTCOMES_TOPIC": topics[3],
+            "SCORER_OUTCOMES_DLQ_TOPIC": topics[4],
             "SCORER_TOPIC_PARTITIONS": str(PARTITIONS),
             "SCORER_APP_ID": f"bench-{tag}-{run}",
             "SCORER_DATA_DIR": str(self.work / "faust" / f"{tag}-{run}"),
@@ -110,6 +114,22 @@ class BenchRun:
             f"http://{LOOPBACK}:{port}/health",
             self.logs / f"{name}.log",
             env=dict(env),
+        )
+
+    def capture(self, env: dict[str, str], name: str) -> ManagedProcess:
+        """``stream-worker capture`` into a fresh folder of the workdir, its own group."""
+        port = free_port()
+        phase_env = {
+            **env,
+            "SCORER_CAPTURE_URI": str(self.work / "capture" / env["SCORER_APP_ID"]),
+            "SCORER_CAPTURE_GROUP": f"{env['SCORER_APP_ID']}-capture",
+        }
+        return ManagedProcess(
+            name,
+            [console_script("stream-worker"), "capture", "--port", str(port)],
+            f"http://{LOOPBACK}:{port}/health",
+            self.logs / f"{name}.log",
+            env=phase_env,
         )
 
     def stop(self, *procs: ManagedProcess) -> None:

@@ -1,4 +1,5 @@
-"""The phases that run worker processes: (a) throughput, (b) pass-through, (c) latency.
+"""The phases that run worker processes: (a) throughput, (b) pass-through, (c) latency, and
+(a) again with the capture process archiving alongside.
 
 Each phase gets fresh topics and its own consumer group (:meth:`BenchRun.phase_env`).
 Progress is read from the processes' own HTTP endpoints (cheap, so they keep the CPU);
@@ -42,6 +43,15 @@ class ThroughputResult:
     rss_mb: list[float]
     cpu: dict[str, float]
     split: list[int] = field(default_factory=list)
+
+
+@dataclass
+class CaptureResult:
+    rps: float  # the worker's throughput with the capture running alongside
+    span_s: float
+    archive_s: float  # from the worker's first prediction until everything was archived
+    tail_s: float  # from the worker's last prediction until everything was archived
+    cpu: dict[str, float]
 
 
 @dataclass
@@ -106,6 +116,36 @@ def _drain(
         stamps, duplicates = first_timestamps(run.bootstrap, env["SCORER_OUTPUT_TOPIC"], n)
     rps, span, first = span_rate(list(stamps.values()))
     return ThroughputResult(rps, span, first, duplicates, rss, cpu, split)
+
+
+def capture_phase(run: BenchRun) -> CaptureResult:
+    """(a) again, the same N records, with ``stream-worker capture`` on the same broker.
+
+    The capture archives the input and the output topic (2 N rows); the phase ends when both
+    are in its files (its ``capture_rows_total``), which includes its last flush.
+    """
+    n = run.opts.records
+    with run.phase_env("capture") as env:
+        rate = run.produce(env["SCORER_INPUT_TOPIC"], n)
+        run.say(f"    pre-produced {n} records ({rate:,.0f}/s)")
+        worker = run.launch(run.worker(env, "capture-worker"))
+        capture = run.launch(run.capture(env, "capture"))
+        procs = [worker, capture]
+        try:
+            for proc in procs:
+                proc.wait_ready(START_TIMEOUT)
+            pids = {"broker": run.broker.pid, worker.name: worker.pid, capture.name: capture.pid}
+            meter = CpuMeter(pids)
+            wait_for(lambda: scored(worker), n, procs, "scored", meter.start)
+            wait_for(lambda: archived(capture), 2 * n, procs, "rows archived")
+            done = time.time()
+            cpu = meter.stop()
+        finally:
+            run.stop(*procs)
+        stamps, _ = first_timestamps(run.bootstrap, env["SCORER_OUTPUT_TOPIC"], n)
+    rps, span, _ = span_rate(list(stamps.values()))
+    first, last = min(stamps.values()) / 1000.0, max(stamps.values()) / 1000.0
+    return CaptureResult(rps, span, round(done - first, 2), round(max(done - last, 0.0), 2), cpu)
 
 
 def span_rate(stamps_ms: Sequence[int]) -> tuple[float, float, int]:
@@ -177,6 +217,22 @@ def forwarded(proc: ManagedProcess) -> int:
     """Records the pass-through agent has forwarded so far (its ``/stats``)."""
     text = _get(proc, "/stats")
     return int(json.loads(text)["forwarded"]) if text else 0
+
+
+_ARCHIVED = re.compile(
+    r'^capture_rows_total\{kind="(?:applicants|predictions)"\} ([0-9.e+]+)$', re.MULTILINE
+)
+
+
+def archived_in(metrics_text: str) -> int:
+    """Applicant plus prediction rows the capture has written (its ``capture_rows_total``)."""
+    return sum(int(float(v)) for v in _ARCHIVED.findall(metrics_text))
+
+
+def archived(proc: ManagedProcess) -> int:
+    """Rows a capture process has archived so far (its ``/metrics``)."""
+    text = _get(proc, "/metrics")
+    return archived_in(text) if text else 0
 
 
 def _get(proc: ManagedProcess, path: str) -> str | None:

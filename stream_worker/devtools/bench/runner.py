@@ -14,7 +14,8 @@ Phases (the letters of the performance issue):
 - (d) a naive one-record-at-a-time pandas scorer, in this process, on the same records;
 - (e) the worker's peak RSS;
 - the share of decode, encode + predict, drift and metrics in ``BatchScorer.process``;
-- optionally (a) again with two workers in one group.
+- optionally (a) again with two workers in one group;
+- (a) again with the capture process archiving alongside (``--no-capture`` skips it).
 
 The targets of DESIGN.md are judged here, in the output; tests never assert speed.
 """
@@ -32,8 +33,10 @@ from stream_worker.devtools import replay
 from stream_worker.devtools.bench.baselines import cost_share, naive_baseline
 from stream_worker.devtools.bench.context import BenchOptions, BenchRun, Say
 from stream_worker.devtools.bench.phases import (
+    CaptureResult,
     LatencyResult,
     ThroughputResult,
+    capture_phase,
     latency_phase,
     passthrough_phase,
     throughput_phase,
@@ -130,12 +133,17 @@ def _process_figures(run: BenchRun) -> dict[str, Any]:
     opts, say = run.opts, run.say
     say(f"(a) one worker, {opts.records} pre-produced records …")
     one = throughput_phase(run, workers=1, profile=opts.profile)
+    capture = None
+    if opts.capture:
+        say(f"(f) one worker with the capture alongside, {opts.records} pre-produced records …")
+        capture = capture_phase(run)
     say(f"(b) Faust pass-through agent, {opts.records} pre-produced records …")
     passthrough = passthrough_phase(run)
     say(f"(c) latency at {opts.rate:g} records/s for {opts.latency_seconds:g}s …")
     latency = latency_phase(run)
     figures = {
         **_throughput_figures(one, opts.profile),
+        **_capture_figures(capture),
         "passthrough_rps": passthrough.rps,
         "passthrough_rss_mb": passthrough.rss_mb[0],
         "passthrough_cpu_cores": passthrough.cpu,
@@ -163,6 +171,16 @@ def _throughput_figures(one: ThroughputResult, profile: Path | None) -> dict[str
     if profile is not None:
         figures.update(profile=str(profile), profiled=True)
     return figures
+
+
+def _capture_figures(capture: CaptureResult | None) -> dict[str, Any]:
+    """(f); every key present, None when the phase was skipped."""
+    return {
+        "capture_on_rps": capture.rps if capture else None,
+        "capture_archive_s": capture.archive_s if capture else None,
+        "capture_tail_s": capture.tail_s if capture else None,
+        "capture_cpu_cores": capture.cpu if capture else None,
+    }
 
 
 def _latency_figures(latency: LatencyResult, offered: float) -> dict[str, Any]:

@@ -29,9 +29,10 @@ RATE = 200
 LATENCY_SECONDS = 1
 NAIVE_RECORDS = 20
 
-#: Every key of the JSON without ``--two-workers`` or ``--profile``.
+#: Every key of the JSON without ``--two-workers`` or ``--profile`` (with the capture phase).
 KEYS = {
     "achieved_offered_rps", "batch_max", "batch_window_seconds", "commit", "cost_share", "cpu",
+    "capture_archive_s", "capture_cpu_cores", "capture_on_rps", "capture_ratio", "capture_tail_s",
     "latency_records", "load_average_end", "load_average_start", "max_ms",
     "naive_max_abs_diff", "naive_records", "naive_rps", "offered_rps", "p50_ms", "p95_ms",
     "p99_ms", "passthrough_cpu_cores", "passthrough_rps", "passthrough_rss_mb",
@@ -44,7 +45,8 @@ POSITIVE = (
     "throughput_rps", "throughput_span_s", "throughput_first_batch", "passthrough_rps",
     "passthrough_rss_mb", "naive_rps", "speedup", "ratio_to_passthrough", "scoring_only_rps",
     "offered_rps", "achieved_offered_rps", "p50_ms", "p95_ms", "p99_ms", "max_ms",
-    "worker_rss_mb", "batch_max", "batch_window_seconds",
+    "worker_rss_mb", "batch_max", "batch_window_seconds", "capture_on_rps", "capture_ratio",
+    "capture_archive_s",
 )  # fmt: skip
 TARGETS = {
     "throughput_ge_10k",
@@ -52,6 +54,7 @@ TARGETS = {
     "passthrough_ratio_ge_0_8",
     "speedup_ge_50x",
     "p99_le_50ms",
+    "capture_ratio_ge_0_9",
 }
 TABLE_ROWS = (
     "(a) throughput, one worker",
@@ -59,6 +62,7 @@ TABLE_ROWS = (
     "(c) latency p50 / p95",
     "(d) naive one-record scorer",
     "(e) worker peak RSS",
+    "(f) one worker + capture",
     "BatchScorer.process alone",
     "cost share of process():",
     "all bars met:",
@@ -105,6 +109,9 @@ def test_a_small_run_fills_every_figure(model_store: ModelStore, tmp_path: Path)
     assert all(isinstance(v, bool) for v in [*result["targets"].values(), result["targets_met"]])
     assert set(result["throughput_cpu_cores"]) == {"broker", "throughput-worker-0"}
     assert set(result["passthrough_cpu_cores"]) == {"broker", "passthrough"}
+    assert set(result["capture_cpu_cores"]) == {"broker", "capture-worker", "capture"}
+    assert result["capture_tail_s"] >= 0
+    assert result["capture_archive_s"] >= result["capture_tail_s"]
     assert re.search(r"\d+ cores$", result["cpu"])
     assert result["commit"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}", result["commit"])
 
