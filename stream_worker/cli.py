@@ -96,17 +96,39 @@ def run(
 def produce(
     rate: Annotated[float, typer.Option(min=0, help="records per second, 0 = flat out")] = 0.0,
     limit: Annotated[int | None, typer.Option(min=1, help="records to send")] = None,
+    start: Annotated[
+        int, typer.Option(min=0, help="skip this many first; beyond the split, ids get -rN")
+    ] = 0,
     synthetic: Annotated[bool, typer.Option(help="synthetic applicants, not adult.test")] = False,
     drift: Annotated[bool, typer.Option(help="shift age, hours, marital status, gains")] = False,
     seed: Annotated[int, typer.Option()] = 0,
+    outcomes: Annotated[
+        bool, typer.Option(help="later, send each record's true label to the outcomes topic")
+    ] = False,
+    outcome_delay: Annotated[
+        float, typer.Option(min=0, help="seconds from a record to its outcome")
+    ] = 5.0,
+    outcome_fraction: Annotated[
+        float, typer.Option(min=0, max=1, help="share of records that ever get an outcome")
+    ] = 1.0,
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """Replay the bundled test split (or synthetic applicants) into the input topic."""
     from stream_worker.devtools import replay as tools
     from stream_worker.runtime.admin import ensure_topics
 
+    if synthetic and outcomes:
+        raise typer.BadParameter(
+            "synthetic applicants have no true label; --outcomes needs the adult.test replay",
+            param_hint="'--outcomes'",
+        )
     settings = settings_from(kafka_bootstrap_servers=bootstrap)
     setup_logging("warning")
+    plan = (
+        tools.OutcomePlan(settings.outcomes_topic, outcome_delay, outcome_fraction, seed)
+        if outcomes
+        else None
+    )
     records = tools.synthetic_records(limit or 10000, seed) if synthetic else tools.test_records()
     if drift:
         records = tools.apply_drift(records, seed)
@@ -116,12 +138,40 @@ def produce(
         settings.topic_partitions,
     )
     stats = tools.produce(
-        settings.kafka_bootstrap_servers, settings.input_topic, records, rate=rate, limit=limit
+        settings.kafka_bootstrap_servers,
+        settings.input_topic,
+        records,
+        rate=rate,
+        limit=limit,
+        outcomes=plan,
+        start=start,
     )
     typer.echo(
         f"sent {stats.sent} records to {settings.input_topic} in {stats.seconds:.1f}s "
         f"({stats.sent / max(stats.seconds, 1e-9):,.0f}/s)"
+        + (f", {stats.outcomes} outcomes to {settings.outcomes_topic}" if plan else "")
     )
+
+
+@app.command()
+def capture(
+    bootstrap: BootstrapOpt = None,
+    capture_uri: Annotated[
+        str | None,
+        typer.Option(help="capture folder or fsspec URI [env: SCORER_CAPTURE_URI]"),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="[env: SCORER_CAPTURE_PORT]")
+    ] = None,
+) -> None:
+    """Archive applicants, predictions and outcomes as Parquet (own consumer group)."""
+    settings = settings_from(
+        kafka_bootstrap_servers=bootstrap, capture_uri=capture_uri, capture_port=port
+    )
+    from stream_worker.capture.archiver import run_capture
+
+    setup_logging(settings.log_level)
+    run_capture(settings)
 
 
 @app.command()
@@ -158,6 +208,36 @@ def consume(
 
 
 @app.command()
+def monitor(
+    capture_uri: Annotated[
+        str | None,
+        typer.Option(help="capture folder or fsspec URI [env: SCORER_CAPTURE_URI]"),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="[env: SCORER_MONITOR_PORT]")
+    ] = None,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1, help="seconds between recomputations [env: SCORER_MONITOR_INTERVAL_SECONDS]"
+        ),
+    ] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Live performance per model version from the capture; Prometheus metrics and /health."""
+    settings = settings_from(
+        capture_uri=capture_uri,
+        monitor_port=port,
+        monitor_interval_seconds=interval,
+        mlflow_tracking_uri=tracking_uri,
+    )
+    from stream_worker.monitor.service import run_monitor
+
+    setup_logging(settings.log_level)
+    run_monitor(settings)
+
+
+@app.command()
 def demo(
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials for the demo model")] = 5,
     limit: Annotated[int | None, typer.Option(min=1, help="records to replay (all 16,281)")] = None,
@@ -181,6 +261,9 @@ def bench(
     latency_seconds: Annotated[float, typer.Option(min=0.1, help="duration of (c)")] = 15.0,
     naive_records: Annotated[int, typer.Option(min=1, help="records for (d)")] = 2000,
     two_workers: Annotated[bool, typer.Option(help="repeat (a) with two workers")] = True,
+    capture: Annotated[
+        bool, typer.Option(help="repeat (a) with the capture process alongside")
+    ] = True,
     tracking_uri: Annotated[
         str | None,
         typer.Option(help="MLflow store with the champion; default: train one in the workdir"),
@@ -204,6 +287,7 @@ def bench(
             latency_seconds=latency_seconds,
             naive_records=naive_records,
             two_workers=two_workers,
+            capture=capture,
             tracking_uri=tracking_uri,
             json_path=json_path,
             workdir=workdir,

@@ -46,12 +46,17 @@ class WorkerSettings(BaseSettings):
     capture_flush_records: int = Field(default=20000, ge=1)
     capture_flush_seconds: float = Field(default=5.0, gt=0)
     capture_port: int = Field(default=6067, ge=1, le=65535)
+    capture_host: str = "127.0.0.1"  # a container sets 0.0.0.0 so Prometheus can scrape it
+    # Added to the capture's CPU niceness: on a shared host the scoring hot path comes first.
+    capture_nice: int = Field(default=10, ge=0, le=19)
     # Live performance (stream-worker monitor): per model version, over the last N labelled
     # records observed in the last T hours, recomputed from the capture every interval.
     monitor_interval_seconds: float = Field(default=60.0, gt=0)
     monitor_window_records: int = Field(default=50000, ge=10)
     monitor_window_hours: float = Field(default=24.0, gt=0)
     monitor_port: int = Field(default=6068, ge=1, le=65535)
+    # Loopback by default; a container sets 0.0.0.0 so Prometheus can scrape it.
+    monitor_host: str = "127.0.0.1"
 
     def topics(self) -> list[str]:
         """Every topic the system uses, created together up front (Tansu would auto-create a

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from capture_helpers import CaptureStack
 from kafka_helpers import TopicFactory
 from stack_helpers import ModelStore, WorkerStack
 
@@ -145,6 +146,8 @@ def worker_stack(
         "SCORER_INPUT_TOPIC": topic_factory(partitions, prefix="applicants"),
         "SCORER_OUTPUT_TOPIC": topic_factory(partitions, prefix="predictions"),
         "SCORER_DLQ_TOPIC": topic_factory(partitions, prefix="dlq"),
+        "SCORER_OUTCOMES_TOPIC": topic_factory(partitions, prefix="outcomes"),
+        "SCORER_OUTCOMES_DLQ_TOPIC": topic_factory(partitions, prefix="outcomes-dlq"),
         "SCORER_APP_ID": f"scorer-{uuid.uuid4().hex[:12]}",
         "SCORER_DATA_DIR": str(tmp_path / "faust"),
         "SCORER_RELOAD_INTERVAL_SECONDS": "1",
@@ -156,3 +159,26 @@ def worker_stack(
     finally:
         for worker in stack.workers:
             worker.stop()
+
+
+# --- The capture: outcomes topics, a capture folder, `stream-worker capture` processes ----
+
+
+@pytest.fixture
+def capture_stack(worker_stack: WorkerStack, tmp_path: Path) -> Iterator[CaptureStack]:
+    """The worker stack plus a capture folder and group; capture processes stopped after."""
+    worker_stack.env.update(
+        {
+            "SCORER_CAPTURE_GROUP": f"capture-{uuid.uuid4().hex[:12]}",
+            "SCORER_CAPTURE_URI": str(tmp_path / "capture"),
+            "SCORER_CAPTURE_FLUSH_SECONDS": "1",
+            # a dead member is evicted after this; the join takes about half of it (Tansu)
+            "SCORER_SESSION_TIMEOUT_SECONDS": "6",
+        }
+    )
+    stack = CaptureStack(worker_stack, tmp_path)
+    try:
+        yield stack
+    finally:
+        for proc in stack.captures:
+            proc.stop()

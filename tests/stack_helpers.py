@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,3 +89,29 @@ class WorkerStack:
         url = worker.ready_url.replace("/health", "/metrics")
         with urllib.request.urlopen(url, timeout=5) as resp:
             return str(resp.read().decode())
+
+
+def prometheus_query(base_url: str, expr: str) -> list[dict[str, Any]]:
+    """The result vector of an instant query against a real Prometheus at ``base_url``."""
+    url = f"{base_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = json.loads(resp.read())
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
+
+
+def prometheus_alerts(base_url: str) -> list[dict[str, Any]]:
+    """Active (pending or firing) alerts of a real Prometheus."""
+    with urllib.request.urlopen(f"{base_url}/api/v1/alerts", timeout=10) as resp:
+        return list(json.loads(resp.read())["data"]["alerts"])
+
+
+def dashboard_exprs(path: Path) -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query target of one shipped Grafana dashboard."""
+    model = json.loads(path.read_text(encoding="utf-8"))
+    return [
+        (str(panel.get("title")), str(target["expr"]))
+        for panel in model.get("panels", [])
+        for target in panel.get("targets", [])
+        if target.get("expr")
+    ]

@@ -170,3 +170,15 @@ def worker_process(env: Mapping[str, str], web_port: int, log_path: Path) -> Man
         log_path,
         env=dict(env),
     )
+
+
+def monitor_process(env: Mapping[str, str], port: int, log_path: Path) -> ManagedProcess:
+    """``stream-worker monitor`` (capture and registry from ``env``); ready once /health says
+    a computation succeeded."""
+    return ManagedProcess(
+        "monitor",
+        [console_script("stream-worker"), "monitor", "--port", str(port)],
+        f"http://{LOOPBACK}:{port}/health",
+        log_path,
+        env=dict(env),
+    )

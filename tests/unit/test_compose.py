@@ -38,14 +38,21 @@ EXPECTED_SERVICES = {
     "kafka",
     "postgres",
     "mlflow",
+    "prefect-server",
     "trainer",
     "worker-1",
     "worker-2",
+    "monitor",
     "prometheus",
     "grafana",
 }
-EXPECTED_DASHBOARDS = {"scorer-operations.json", "scorer-model-health.json"}
+EXPECTED_DASHBOARDS = {
+    "scorer-operations.json",
+    "scorer-model-health.json",
+    "scorer-model-performance.json",
+}
 SCRAPE_JOB = "income-scorer"
+MONITOR_JOB = "income-scorer-monitor"  # `stream-worker monitor`, live performance
 
 # The worker's metrics contract (DESIGN.md, "Metrics"): name -> (type, {label: values}).
 # None as values means the label's values are open (features, versions, topics, ...).
@@ -77,6 +84,35 @@ CONTRACT_METRICS: dict[str, tuple[str, dict[str, set[str] | None]]] = {
     "scorer_consumer_lag": ("gauge", {"topic": None, "partition": None}),
     "scorer_model_loaded": ("gauge", {}),
 }
+# The monitor's contract (README, "Live model performance"): per model version, from the capture.
+VERSION = {"model_name": None, "model_version": None}
+MONITOR_METRICS: dict[str, tuple[str, dict[str, set[str] | None]]] = {
+    **{
+        f"scorer_live_{name}": ("gauge", VERSION)
+        for name in (
+            "roc_auc",
+            "log_loss",
+            "brier",
+            "accuracy",
+            "calibration_error",
+            "labelled_records",
+            "scored_records",
+            "label_coverage",
+            "last_label_timestamp_seconds",
+        )
+    },
+    "scorer_live_estimated_accuracy": ("gauge", {**VERSION, "population": {"scored", "labelled"}}),
+    "scorer_live_label_delay_seconds": ("histogram", VERSION),
+    "scorer_offline_roc_auc": ("gauge", VERSION),
+    "scorer_offline_accuracy": ("gauge", VERSION),
+    "scorer_capture_duplicate_outcomes": ("gauge", {}),
+    "scorer_capture_unmatched_outcomes": ("gauge", {}),
+    "scorer_capture_unreadable_files_total": ("counter", {}),
+    "scorer_monitor_runs_total": ("counter", {"result": {"success", "failure"}}),
+    "scorer_monitor_last_success_timestamp_seconds": ("gauge", {}),
+    "scorer_monitor_last_duration_seconds": ("gauge", {}),
+}
+CONTRACT_METRICS |= MONITOR_METRICS
 # Labels Prometheus adds itself (target labels, histogram buckets).
 TARGET_LABELS = {"job", "instance", "le"}
 
@@ -345,7 +381,9 @@ def assert_uses_contract(expr: str, where: str) -> None:
         if allowed is not None:
             assert value in allowed, f"{where}: {label}={value!r} is not a contract value"
         if label == "job":
-            assert value == SCRAPE_JOB, f"{where}: job={value!r}, the workers' job is {SCRAPE_JOB}"
+            assert value in {SCRAPE_JOB, MONITOR_JOB}, (
+                f"{where}: job={value!r}, the jobs are {SCRAPE_JOB} (workers), {MONITOR_JOB}"
+            )
 
 
 # ---------------------------------------------------------------- the lexer itself
@@ -482,7 +520,7 @@ def test_worker_web_port_matches_the_scrape_targets(services: dict[str, Any]) ->
     workers = [
         name
         for name, service in project_services(services).items()
-        if project_commands(service) == ["stream-worker"]
+        if command_text(service).split()[:2] == ["stream-worker", "run"]
     ]
     assert len(workers) >= 2
     expected = set()
@@ -494,6 +532,78 @@ def test_worker_web_port_matches_the_scrape_targets(services: dict[str, Any]) ->
             f"{name} must listen on all interfaces for Prometheus to reach it"
         )
     assert targets == expected
+
+
+def test_monitor_is_scraped_on_its_port_and_reads_the_capture(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    prometheus = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
+    (job,) = [job for job in prometheus["scrape_configs"] if job["job_name"] == MONITOR_JOB]
+    targets = {t for sc in job["static_configs"] for t in sc["targets"]}
+    monitors = [
+        name
+        for name, service in project_services(services).items()
+        if command_text(service).split()[:2] == ["stream-worker", "monitor"]
+    ]
+    assert monitors == ["monitor"]
+    environment = service_environment(services["monitor"])
+    assert environment["SCORER_MONITOR_HOST"] == "0.0.0.0", "Prometheus must reach it"
+    assert targets == {f"monitor:{environment['SCORER_MONITOR_PORT']}"}
+    # The capture it reads is a named volume, mounted where SCORER_CAPTURE_URI points.
+    capture = {target: source for kind, source, target in mounts(services["monitor"])}
+    assert capture.get(environment["SCORER_CAPTURE_URI"]) in set(compose["volumes"])
+
+
+def test_the_prefect_server_fires_the_trainer_schedule(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``flow.serve`` needs a Prefect server with a scheduler: the trainer points at the service,
+    whose settings are Prefect's and whose database the postgres service creates."""
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))  # importing prefect creates its home
+    import prefect.settings
+
+    server = services["prefect-server"]
+    environment = service_environment(server)
+    unknown = []
+    for env in environment:
+        try:
+            getattr(prefect.settings, env)
+        except AttributeError:
+            unknown.append(env)
+    assert not unknown, f"prefect-server sets {unknown}, which Prefect never reads"
+    command = command_text(server)
+    assert re.search(r"\bprefect server start\b.*--host 0\.0\.0\.0", command), command
+    port = re.search(r"--port (\d+)", command)
+    api_url = f"http://prefect-server:{port.group(1) if port else '4200'}/api"
+
+    trainer = services["trainer"]
+    assert service_environment(trainer)["PREFECT_API_URL"] == api_url
+    assert trainer["depends_on"]["prefect-server"]["condition"] == "service_healthy"
+    assert "trainer schedule" in command_text(trainer)
+
+    (url,) = [
+        resolve_interpolation(value)
+        for env, value in environment.items()
+        if env in {"PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"}
+    ]
+    parts = re.fullmatch(r"postgresql\+asyncpg://([^:@]+):([^@]*)@([\w-]+):5432/(\w+)", url)
+    assert parts, url
+    user, password, host, database = parts.groups()
+    assert split_image(services[host]["image"])[0] == "postgres"
+    assert server["depends_on"][host]["condition"] == "service_healthy"
+    postgres_env = service_environment(services[host])
+    assert user == postgres_env["POSTGRES_USER"]
+    assert password == resolve_interpolation(postgres_env["POSTGRES_PASSWORD"])
+    assert database != postgres_env["POSTGRES_DB"], "Prefect needs a database of its own"
+    init_scripts = [
+        ROOT / source
+        for kind, source, target in mounts(services[host])
+        if kind == "bind" and target.startswith("/docker-entrypoint-initdb.d/")
+    ]
+    assert any(
+        re.search(rf"(?im)^\s*CREATE DATABASE\s+\"?{database}\b", script.read_text())
+        for script in init_scripts
+    ), f"no init script of {host} creates the database {database!r}"
 
 
 def test_prometheus_and_grafana_mounts_match_their_config(services: dict[str, Any]) -> None:

@@ -34,6 +34,8 @@ EXPECTED_ALERTS = {
     "ModelReloadFailures",
     "ConsumerLagGrowing",
     "ModelNotLoaded",
+    "LivePerformanceDrop",
+    "LabelsStopped",
 }
 
 
@@ -119,6 +121,7 @@ def test_alerts_have_severity_and_annotations() -> None:
     by_name = {rule["alert"]: rule for rule in rules}
     assert by_name["FeatureDrift"]["for"] == "5m"
     assert by_name["PredictionDrift"]["for"] == "5m"
+    assert by_name["LivePerformanceDrop"]["for"] == "10m"
 
 
 def test_every_alert_has_a_firing_and_a_silent_case() -> None:
