@@ -45,7 +45,7 @@ class WorkerSettings(BaseSettings):
     capture_group: str = "income-scorer-capture"
     capture_flush_records: int = Field(default=20000, ge=1)
     capture_flush_seconds: float = Field(default=5.0, gt=0)
-    capture_port: int = Field(default=6067, ge=1, le=65535)
+    capture_port: int = Field(default=6069, ge=1, le=65535)
     capture_host: str = "127.0.0.1"  # a container sets 0.0.0.0 so Prometheus can scrape it
     # Added to the capture's CPU niceness: on a shared host the scoring hot path comes first.
     capture_nice: int = Field(default=10, ge=0, le=19)

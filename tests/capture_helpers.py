@@ -15,7 +15,7 @@ from stack_helpers import WorkerStack
 
 from stream_worker.capture.store import CaptureCounts, CaptureReader
 from stream_worker.devtools.broker import free_port
-from stream_worker.devtools.processes import LOOPBACK, ManagedProcess, console_script
+from stream_worker.devtools.processes import ManagedProcess, capture_process
 
 T = TypeVar("T")
 
@@ -47,15 +47,10 @@ class CaptureStack:
 
         ``wait=False`` returns at once (start a worker meanwhile, then ``wait_ready``).
         """
-        port = free_port()
-        ready_url = f"http://{LOOPBACK}:{port}/health"
-        proc = ManagedProcess(
-            f"capture-{len(self.captures)}",
-            [console_script("stream-worker"), "capture", "--port", str(port)],
-            ready_url if wait else None,
-            self.folder / f"capture-{len(self.captures)}.log",
-            env=dict(self.env),
+        proc = capture_process(
+            self.env, free_port(), self.folder / f"capture-{len(self.captures)}.log"
         )
+        ready_url, proc.ready_url = proc.ready_url, (proc.ready_url if wait else None)
         self.captures.append(proc)
         proc.start(timeout=timeout)
         proc.ready_url = ready_url

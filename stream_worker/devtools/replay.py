@@ -234,9 +234,7 @@ def _follow(producer: KafkaProducer, queue: OutcomeQueue, sent: dict[str, Any]) 
     return _send_outcomes(producer, queue.plan.topic, queue.pop_due(now))
 
 
-def _cycle(
-    records: list[dict[str, Any]], total: int, start: int = 0
-) -> Iterator[dict[str, Any]]:
+def _cycle(records: list[dict[str, Any]], total: int, start: int = 0) -> Iterator[dict[str, Any]]:
     if not records:
         return
     for i in range(start, start + total):
