@@ -39,13 +39,12 @@ from stream_worker.capture.rows import (
     outcome_row,
 )
 from stream_worker.exceptions import BrokerError, ConfigError, ScorerError, one_line
-from stream_worker.runtime.admin import ensure_topics, wait_for_kafka
+from stream_worker.runtime.admin import prepare_topics
 from stream_worker.scoring.scorer import InputRecord, dead_letter
 from stream_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-BROKER_WAIT_SECONDS = 30.0
 #: getmany: wait at most this long for records, take at most this many at once.
 POLL_TIMEOUT_MS = 200
 MAX_POLL_RECORDS = 20_000
@@ -71,19 +70,6 @@ def probe_location(location: CaptureLocation, uri: str) -> None:
         location.fs.rm(probe)
     except Exception as exc:  # any store error: the location is not usable
         raise ConfigError(f"capture location {uri} is not writable: {one_line(exc)}") from None
-
-
-def prepare_topics(settings: WorkerSettings) -> list[str]:
-    """Every topic of the system, created up front as the worker does (not via Faust)."""
-    try:
-        wait_for_kafka(settings.kafka_bootstrap_servers, timeout=BROKER_WAIT_SECONDS)
-    except BrokerError as exc:
-        raise BrokerError(
-            f"Kafka at {settings.kafka_bootstrap_servers} is not answering: {exc}"
-        ) from exc
-    return ensure_topics(
-        settings.kafka_bootstrap_servers, settings.topics(), settings.topic_partitions
-    )
 
 
 class Archiver:

@@ -17,7 +17,7 @@ import msgspec
 import orjson
 from msgspec import Meta
 
-from stream_worker.scoring.schema import Id, RecordError
+from stream_worker.scoring.schema import Id, RecordError, check_size
 from trainer.model.columns import NEGATIVE_LABEL, POSITIVE_LABEL
 
 #: The model's two labels (``trainer.model.columns``); a unit test keeps them equal.
@@ -44,14 +44,7 @@ class OutcomeDecoder:
 
     def decode(self, value: bytes | None) -> Outcome:
         """One outcome with ``observed_at`` in UTC, or raise :class:`RecordError`."""
-        if value is None or len(value) == 0:
-            raise RecordError("not_json", "EmptyValue", "record value is empty")
-        if len(value) > self.max_bytes:
-            raise RecordError(
-                "too_large",
-                "RecordTooLarge",
-                f"record is {len(value)} bytes; limit {self.max_bytes}",
-            )
+        value = check_size(value, self.max_bytes)
         try:
             outcome = self._decoder.decode(value)
         except msgspec.ValidationError as exc:

@@ -6,6 +6,7 @@ the MLflow server, Prometheus and worker processes from settings.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Self
+from typing import IO, Any, Self
 
 from stream_worker.exceptions import ScorerError
 
@@ -26,6 +27,18 @@ LOOPBACK = "127.0.0.1"
 
 class ProcessError(ScorerError):
     """A managed process did not start or stopped unexpectedly."""
+
+
+def http_text(url: str, timeout: float = 5.0) -> str:
+    """The body of a GET on loopback; OSError when it does not answer."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return str(resp.read().decode())
+
+
+def http_json(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """A JSON object from a GET on loopback; OSError when it does not answer."""
+    body = json.loads(http_text(url, timeout))
+    return body if isinstance(body, dict) else {}
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -161,24 +174,33 @@ def prometheus_server(config: Path, folder: Path, port: int) -> ManagedProcess:
     )
 
 
-def worker_process(env: Mapping[str, str], web_port: int, log_path: Path) -> ManagedProcess:
-    """``stream-worker run``; ready when /health says broker and model are up."""
+def stream_worker_process(
+    command: str, port_option: str, env: Mapping[str, str], port: int, log_path: Path
+) -> ManagedProcess:
+    """``stream-worker COMMAND PORT_OPTION PORT``, ready when its /health answers 200."""
     return ManagedProcess(
-        "worker",
-        [console_script("stream-worker"), "run", "--web-port", str(web_port)],
-        f"http://{LOOPBACK}:{web_port}/health",
-        log_path,
-        env=dict(env),
-    )
-
-
-def monitor_process(env: Mapping[str, str], port: int, log_path: Path) -> ManagedProcess:
-    """``stream-worker monitor`` (capture and registry from ``env``); ready once /health says
-    a computation succeeded."""
-    return ManagedProcess(
-        "monitor",
-        [console_script("stream-worker"), "monitor", "--port", str(port)],
+        command,
+        [console_script("stream-worker"), command, port_option, str(port)],
         f"http://{LOOPBACK}:{port}/health",
         log_path,
         env=dict(env),
     )
+
+
+def worker_process(env: Mapping[str, str], web_port: int, log_path: Path) -> ManagedProcess:
+    """``stream-worker run``; ready when /health says broker and model are up."""
+    proc = stream_worker_process("run", "--web-port", env, web_port, log_path)
+    proc.name = "worker"
+    return proc
+
+
+def monitor_process(env: Mapping[str, str], port: int, log_path: Path) -> ManagedProcess:
+    """``stream-worker monitor`` (capture and registry from ``env``); ready once a
+    computation succeeded."""
+    return stream_worker_process("monitor", "--port", env, port, log_path)
+
+
+def capture_process(env: Mapping[str, str], port: int, log_path: Path) -> ManagedProcess:
+    """``stream-worker capture`` (broker, topics and capture URI from ``env``); ready once it
+    has joined its consumer group."""
+    return stream_worker_process("capture", "--port", env, port, log_path)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from stream_worker.exceptions import BrokerError, one_line
+from stream_worker.settings import WorkerSettings
 
 __all__ = ["delete_topics", "ensure_topics", "topic_partitions", "wait_for_kafka"]
 
@@ -250,3 +251,21 @@ def wait_for_kafka(
         else:
             return
         time.sleep(min(0.1, max(deadline - time.monotonic(), 0.0)))
+
+
+#: How long a starting process waits for the broker before giving up with one line.
+BROKER_WAIT_SECONDS = 30.0
+
+
+def prepare_topics(settings: WorkerSettings) -> list[str]:
+    """Wait for the broker, then create every topic of the system (the configured partition
+    count) that is missing; the names created. Used by every process that starts."""
+    try:
+        wait_for_kafka(settings.kafka_bootstrap_servers, timeout=BROKER_WAIT_SECONDS)
+    except BrokerError as exc:
+        raise BrokerError(
+            f"Kafka at {settings.kafka_bootstrap_servers} is not answering: {exc}"
+        ) from exc
+    return ensure_topics(
+        settings.kafka_bootstrap_servers, settings.topics(), settings.topic_partitions
+    )

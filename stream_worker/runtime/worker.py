@@ -7,30 +7,12 @@ from pathlib import Path
 
 import faust
 
-from stream_worker.exceptions import BrokerError
-from stream_worker.runtime.admin import ensure_topics, wait_for_kafka
+from stream_worker.runtime.admin import prepare_topics
 from stream_worker.runtime.app import build_worker
 from stream_worker.runtime.faust_compat import check_versions
 from stream_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
-
-BROKER_WAIT_SECONDS = 30.0
-
-
-def prepare_topics(settings: WorkerSettings) -> list[str]:
-    """Create every topic of the system with the configured partition count if missing."""
-    try:
-        wait_for_kafka(settings.kafka_bootstrap_servers, timeout=BROKER_WAIT_SECONDS)
-    except BrokerError as exc:
-        raise BrokerError(
-            f"Kafka at {settings.kafka_bootstrap_servers} is not answering: {exc}"
-        ) from exc
-    return ensure_topics(
-        settings.kafka_bootstrap_servers,
-        settings.topics(),
-        settings.topic_partitions,
-    )
 
 
 def run_worker(settings: WorkerSettings) -> None:

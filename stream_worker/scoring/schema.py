@@ -75,14 +75,7 @@ class RecordDecoder:
 
     def decode_one(self, value: bytes | None) -> Applicant:
         """Decode one record or raise :class:`RecordError`."""
-        if value is None or len(value) == 0:
-            raise RecordError("not_json", "EmptyValue", "record value is empty")
-        if len(value) > self.max_bytes:
-            raise RecordError(
-                "too_large",
-                "RecordTooLarge",
-                f"record is {len(value)} bytes; limit {self.max_bytes}",
-            )
+        value = check_size(value, self.max_bytes)
         try:
             return self._decoder.decode(value)
         except msgspec.ValidationError as exc:
@@ -123,6 +116,17 @@ class RecordDecoder:
             add_index(i)
             add_applicant(applicant)
         return batch
+
+
+def check_size(value: bytes | None, max_bytes: int) -> bytes:
+    """The value, if it is neither empty nor larger than ``max_bytes`` (else RecordError)."""
+    if value is None or len(value) == 0:
+        raise RecordError("not_json", "EmptyValue", "record value is empty")
+    if len(value) > max_bytes:
+        raise RecordError(
+            "too_large", "RecordTooLarge", f"record is {len(value)} bytes; limit {max_bytes}"
+        )
+    return value
 
 
 def _undecodable(value: bytes, exc: Exception) -> RecordError:
