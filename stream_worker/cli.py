@@ -50,18 +50,51 @@ def setup_logging(level: str = "info") -> None:
 def broker(
     port: Annotated[int, typer.Option(min=1, max=65535, help="port on 127.0.0.1")] = 9092,
     log_file: Annotated[Path | None, typer.Option(help="broker output file")] = None,
+    durable: Annotated[
+        bool,
+        typer.Option(
+            help="keep topics, records and offsets in S3 (moto's S3 server on 127.0.0.1) "
+            "instead of memory; a broker process that dies is started again on them"
+        ),
+    ] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="with --durable: record moto's requests here and replay them at start, so "
+            "the data outlives this command too"
+        ),
+    ] = None,
 ) -> None:
     """Start the embedded Tansu broker on 127.0.0.1 and keep it running until interrupted."""
-    from stream_worker.devtools.broker import LocalBroker
+    from stream_worker.devtools.broker import DurableStorage, LocalBroker
 
-    local = LocalBroker(port=port, log_path=log_file)
+    if data_dir is not None and not durable:
+        raise typer.BadParameter("--data-dir needs --durable", param_hint="'--data-dir'")
+    storage = DurableStorage(data_dir) if durable else None
+    local = LocalBroker(port=port, log_path=log_file, storage=storage)
     local.start()
-    typer.echo(f"Tansu broker ready at {local.bootstrap} (pid {local.pid}); Ctrl-C stops it")
+    where = f"; storage {storage.storage_engine} at {storage.endpoint}" if storage else ""
+    if storage is not None and data_dir is not None:
+        where += f", recorded in {storage.recording}"
+    typer.echo(f"Tansu broker ready at {local.bootstrap} (pid {local.pid}){where}; Ctrl-C stops it")
     try:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        while local.running:
-            time.sleep(0.5)
-        raise ScorerError("the broker exited unexpectedly: " + local.output_tail())
+        restarted, backoff = float("-inf"), 10.0  # seconds
+        while True:
+            while local.running and (storage is None or storage.running):
+                time.sleep(0.5)
+            if storage is not None and not storage.running:
+                raise ScorerError(
+                    "the S3 storage (moto) exited unexpectedly: " + storage.output_tail()
+                )
+            # A durable broker that died is started again on its storage; one that dies
+            # again right away is not.
+            if storage is None or time.monotonic() - restarted < backoff:
+                raise ScorerError("the broker exited unexpectedly: " + local.output_tail())
+            typer.echo(f"Tansu broker pid {local.pid} exited; starting it again", err=True)
+            local.restart()
+            restarted = time.monotonic()
+            typer.echo(f"Tansu broker ready again at {local.bootstrap} (pid {local.pid})")
     finally:
         local.stop()
 
