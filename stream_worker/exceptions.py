@@ -19,6 +19,19 @@ class ModelUnavailableError(ScorerError):
     """No usable model could be loaded from the registry."""
 
 
+class ScoringSystemError(ScorerError):
+    """The model failed on a batch of valid records and no other model could score it.
+
+    A system fault, never the records' fault: ``BatchScorer.process`` raises it instead of
+    dead-lettering them, and the scoring loop lets it propagate, so the worker stops without
+    acknowledging (hence without committing) the batch; a restart scores it again.
+    """
+
+
+class SmokeTestError(ScorerError):
+    """A model version failed the full-path smoke test: it is refused and never serves."""
+
+
 def one_line(error: object, limit: int = 240) -> str:
     """``error`` (an exception or any text) as one line of at most ``limit`` characters.
 

@@ -2,10 +2,16 @@
 
 All MLflow calls are blocking and run in a thread; the swap is one attribute assignment, and
 the agent reads ``current`` once per batch, so a batch is always scored by one version.
+
+A new version serves only once it passed the smoke test through the full scoring path
+(:func:`~stream_worker.scoring.scorer.smoke_test`). If it still fails on live records, the
+scorer asks :meth:`ModelWatcher.fall_back`: the version it replaced serves again and the
+failed one is refused, so the alias pointing at it does not swap it back in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -20,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from stream_worker.exceptions import ModelUnavailableError, one_line
 from stream_worker.scoring.metrics import ScorerMetrics
-from stream_worker.scoring.scorer import LoadedModel
+from stream_worker.scoring.scorer import LoadedModel, smoke_test
 from trainer.model.bundle import ModelBundle
 from trainer.registry import download_version
 
@@ -82,7 +88,10 @@ class ModelWatcher:
         self.refused: dict[str, str] = {}  # version -> why it was refused
         self.last_error: str | None = None
         self.run_metrics: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._previous: LoadedModel | None = None  # what ``current`` replaced: the fallback
+        self._lock = threading.Lock()  # one poll at a time (held while a version downloads)
+        # Guards current/_previous/refused: taken briefly, also from the event loop's thread.
+        self._swap_lock = threading.Lock()
         self._workdir = Path(tempfile.mkdtemp(prefix="scorer-models-"))
 
     @property
@@ -113,7 +122,14 @@ class ModelWatcher:
         try:
             folder = self.source.download(target.version, dest)
             bundle = ModelBundle.load(folder, nthread=self.nthread)
-            bundle.smoke_test()
+            candidate = LoadedModel(
+                bundle=bundle,
+                name=self.source.name,
+                version=target.version,
+                run_id=target.run_id,
+                loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
+            smoke_test(candidate)  # decode, encode, predict, drift, output: the stream's path
         except ModelUnavailableError as exc:
             # The registry failed mid-download: not the version's fault; try again next poll.
             self.last_error = str(exc)
@@ -132,19 +148,15 @@ class ModelWatcher:
                 reason,
             )
             return None
-        loaded = LoadedModel(
-            bundle=bundle,
-            name=self.source.name,
-            version=target.version,
-            run_id=target.run_id,
-            loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
+        loaded = dataclasses.replace(candidate, fallback=self)
         self.run_metrics = self.source.run_metrics(target.run_id)
-        previous = self.current
-        self.current = loaded  # the atomic swap: the next batch uses the new version
-        self.last_error = None
+        with self._swap_lock:
+            previous = self.current
+            self._previous = previous
+            self.current = loaded  # the atomic swap: the next batch uses the new version
+            self.last_error = None
+            self.metrics.set_model(loaded.name, loaded.version)  # with the swap: see fall_back
         self.metrics.reloads.labels(result="success").inc()
-        self.metrics.set_model(loaded.name, loaded.version)
         log.info(
             "serving %s version %s (was %s)",
             loaded.name,
@@ -152,6 +164,38 @@ class ModelWatcher:
             previous.version if previous else "none",
         )
         return loaded
+
+    def fall_back(self, failed: LoadedModel, reason: str) -> LoadedModel | None:
+        """The model to score with now that ``failed`` failed on valid records, or None.
+
+        If ``failed`` serves, the version it replaced serves again (once: that one has no
+        fallback of its own) and ``failed`` is refused, so the alias still pointing at it does
+        not swap it back in (a refusal lasts for the process, like a failed smoke test). If
+        another version serves already, that one. None if ``failed`` serves and replaced
+        nothing: the scorer then stops the worker rather than blame the records.
+        """
+        with self._swap_lock:
+            current = self.current
+            if current is not failed:
+                if self._previous is failed:
+                    self._previous = None
+                return current
+            replacement = self._previous
+            if replacement is None:
+                return None
+            self.refused[failed.version] = f"failed in service: {reason}"
+            self.current = replacement
+            self._previous = None
+            self.last_error = f"version {failed.version} refused: failed in service: {reason}"
+            self.metrics.reloads.labels(result="failure").inc()
+            self.metrics.set_model(replacement.name, replacement.version)
+        log.error(
+            "model version %s failed in service, serving %s again: %s",
+            failed.version,
+            replacement.version,
+            reason,
+        )
+        return replacement
 
     def info(self) -> dict[str, Any]:
         model = self.current

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream_worker.runtime.tuning import PRODUCER_MAX_REQUEST_BYTES
 
 
 def _standard(name: str, default: str) -> Any:
@@ -33,7 +35,16 @@ class WorkerSettings(BaseSettings):
     batch_window_seconds: float = Field(default=0.005, gt=0)
     reload_interval_seconds: float = Field(default=10.0, gt=0)
     drift_window: int = Field(default=5000, ge=100)
+    # PSI is published only once the drift window holds this many scored records: a fresh
+    # window (worker start, new model version) says nothing yet. At most drift_window.
+    drift_min_records: int = Field(default=1000, ge=1)
     max_record_bytes: int = Field(default=65536, ge=1024)
+    # A dead letter's value is cut above this (its headers then carry the original size and
+    # SHA-256); key and headers are capped too, and 8 KiB is left for them and the framing,
+    # so a dead letter always fits the producer's request limit and its send cannot fail.
+    dlq_max_value_bytes: int = Field(
+        default=1_000_000, ge=1024, le=PRODUCER_MAX_REQUEST_BYTES - 8 * 1024
+    )
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     data_dir: str = "/tmp/income-scorer"
@@ -68,3 +79,12 @@ class WorkerSettings(BaseSettings):
             self.outcomes_topic,
             self.outcomes_dlq_topic,
         ]
+
+    @model_validator(mode="after")
+    def _drift_min_records_fit_the_window(self) -> WorkerSettings:
+        if self.drift_min_records > self.drift_window:
+            raise ValueError(
+                f"drift_min_records ({self.drift_min_records}) must not exceed drift_window "
+                f"({self.drift_window}): the window could never hold enough records"
+            )
+        return self

@@ -180,13 +180,16 @@ class Archiver:
         original = InputRecord(
             rec.key, rec.value, rec.timestamp / 1000.0, rec.topic, rec.partition, rec.offset
         )
-        letter = dead_letter(original, err.error_class, err.message)
+        limit = self.settings.dlq_max_value_bytes
+        letter = dead_letter(original, err.error_class, err.message, max_value_bytes=limit)
+        value, headers = letter.value, list(letter.headers)
+        if value is None and letter.key is None:
+            # Kafka refuses a record with neither key nor value: an empty value, and a header
+            # saying the original was null.
+            value, headers = b"", [*headers, ("original_value", b"null")]
         try:
             future = await self.producer.send(
-                self.settings.outcomes_dlq_topic,
-                value=letter.value,
-                key=letter.key,
-                headers=letter.headers,
+                self.settings.outcomes_dlq_topic, value=value, key=letter.key, headers=headers
             )
         except Exception as exc:  # the producer refused at once: retry with the next poll
             log.warning("cannot send an outcome dead letter, will retry: %s", one_line(exc))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from typing import Any
 
 import faust
 from prometheus_client import CollectorRegistry
@@ -12,8 +12,10 @@ from prometheus_client import CollectorRegistry
 from stream_worker.exceptions import ModelUnavailableError
 from stream_worker.model_watcher import MlflowModelSource, ModelWatcher
 from stream_worker.runtime import faust_compat, tuning, views
+from stream_worker.runtime.acks import UnackedBatches
 from stream_worker.runtime.context import WorkerContext
 from stream_worker.runtime.loop import run_scoring_loop
+from stream_worker.runtime.ports import StreamConsumer
 from stream_worker.scoring.metrics import ScorerMetrics
 from stream_worker.scoring.scorer import BatchScorer
 from stream_worker.settings import WorkerSettings
@@ -65,26 +67,40 @@ def build_worker(
         app=app,
         metrics=metrics,
         watcher=ModelWatcher(source, metrics, nthread=1),
-        batch_scorer=BatchScorer(metrics, settings.max_record_bytes, settings.drift_window),
+        batch_scorer=BatchScorer(
+            metrics,
+            settings.max_record_bytes,
+            settings.drift_window,
+            drift_min_records=settings.drift_min_records,
+            dlq_max_value_bytes=settings.dlq_max_value_bytes,
+        ),
     )
     topic = faust_compat.RawTopic(
         app, topics=[settings.input_topic], partitions=settings.topic_partitions
     )
     queue = faust_compat.subscribe(topic).queue
-    faust_compat.install_low_latency_consumer(app, queue)
+    consumer = faust_compat.FaustStreamConsumer(app, queue)
+    unacked = UnackedBatches(consumer, tuning.MAX_UNACKED_BATCHES)
+    # A revocation and a stop wait for the loop's pending batches before Faust commits.
+    faust_compat.install_low_latency_consumer(
+        app,
+        queue,
+        drain_pending=functools.partial(unacked.drain, tuning.DRAIN_TIMEOUT_SECONDS),
+        resume_pending=unacked.reopen,
+    )
 
-    _schedule(ctx, queue)
+    _schedule(ctx, consumer, unacked)
     views.register(ctx)
     return ctx
 
 
-def _schedule(ctx: WorkerContext, queue: asyncio.Queue[Any]) -> None:
+def _schedule(ctx: WorkerContext, consumer: StreamConsumer, unacked: UnackedBatches) -> None:
     """Register the loop and the timers as Faust services (started and stopped with the app)."""
     app = ctx.app
 
     @app.task
     async def score() -> None:
-        await run_scoring_loop(ctx, queue)
+        await run_scoring_loop(ctx, consumer, unacked)
 
     @app.task
     async def load_model() -> None:
@@ -128,9 +144,13 @@ async def follow_alias(ctx: WorkerContext) -> None:
 
 
 async def export_lag(ctx: WorkerContext) -> None:
-    """Lag from the fetch high watermark; Tansu's ListOffsets(LATEST) cannot be trusted."""
+    """Per input partition: the fetch high watermark minus the first offset not processed yet.
+
+    Processed means acked (the batch's output acknowledged, its offsets committable), so the
+    records buffered in the topic's queue and the batches in flight count as lag. The high
+    watermark because Tansu's ListOffsets(LATEST) cannot be trusted.
+    """
     consumer = ctx.app.consumer
-    read_offsets = faust_compat.read_offsets(consumer)
     gauge = ctx.metrics.consumer_lag
     gauge.clear()
     for tp in consumer.assignment():
@@ -142,8 +162,7 @@ async def export_lag(ctx: WorkerContext) -> None:
             continue
         if highwater is None:
             continue
-        last = read_offsets.get(tp)
-        next_offset = (last + 1) if last is not None else 0
+        next_offset = faust_compat.next_unprocessed_offset(consumer, tp)
         gauge.labels(topic=tp.topic, partition=str(tp.partition)).set(
             max(0, highwater - next_offset)
         )

@@ -9,7 +9,7 @@ or aiokafka means reading this file: each function says which private name it us
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -72,17 +72,65 @@ def raw_producer(app: faust.App) -> Any:
     return app.producer._ensure_producer()  # type: ignore[attr-defined]
 
 
-async def partition_count(producer: Any, topic: str) -> int:
-    """Partitions of ``topic`` from the producer's metadata (private: ``_wait_on_metadata``)."""
-    await producer.client._wait_on_metadata(topic)
-    found = producer.client.cluster.partitions_for_topic(topic)
-    return len(found or ()) or 1
+class FaustStreamConsumer:
+    """The scoring loop's consumer (``ports.StreamConsumer``) on a Faust app.
+
+    Public attributes only (``app.consumer_generation_id``, ``app.flow_control``,
+    ``Message.ack``), but it relies on two Faust internals an upgrade must re-check: the
+    consumer stamps each message with the generation current when it was fetched
+    (``Consumer._to_message``), and its drain loop queues messages in fetch order, so the
+    generations in the queue never decrease (``loop.fetched_in`` depends on it).
+    """
+
+    def __init__(self, app: faust.App, queue: asyncio.Queue[Message]) -> None:
+        self.app = app
+        self._queue = queue
+
+    @property
+    def queue(self) -> asyncio.Queue[Message]:
+        return self._queue
+
+    def generation(self) -> int:
+        return int(self.app.consumer_generation_id)
+
+    def flow_active(self) -> bool:
+        return bool(self.app.flow_control.is_active())
+
+    def ack(self, messages: Sequence[Message]) -> None:
+        consumer = self.app.consumer
+        for message in messages:
+            message.ack(consumer)
 
 
-def read_offsets(consumer: Any) -> Mapping[TP, int | None]:
-    """The last offset the consumer handed on, per partition (private: ``_read_offset``)."""
-    offsets: Mapping[TP, int | None] = getattr(consumer, "_read_offset", {})
-    return offsets
+# --- consumer lag (export_lag): how far processing has got, read without changing anything ---
+
+
+def next_unprocessed_offset(consumer: Any, tp: TP) -> int:
+    """The first offset of ``tp`` not processed yet: what the partition's next commit would be.
+
+    The committed offset, advanced over the offsets acked since (and the log gaps Faust counts
+    as done) while they are contiguous, so records read but still buffered or in flight are
+    not processed. Before a first commit Faust keeps no start (a committed 0 is None as well):
+    the lowest acked offset, else 0. Private: ``_committed_offset``, ``_acked`` and ``_gap``,
+    read only (Faust's ``_new_offset`` consumes ``_acked``; ``.get`` creates no entries).
+    """
+    committed: int | None = consumer._committed_offset.get(tp)
+    acked = set(consumer._acked.get(tp) or ())
+    gaps = consumer._gap.get(tp)
+    if committed is not None:
+        offset = committed
+    elif acked:
+        offset = min(acked)
+    else:
+        return 0
+    while True:
+        if offset in acked:
+            offset += 1
+            continue
+        covering = gaps.at(offset) if gaps else ()
+        if not covering:
+            return offset
+        offset = max(interval.end for interval in covering)  # ends are exclusive
 
 
 def broker_connected(app: faust.App) -> bool:
@@ -108,7 +156,8 @@ class _LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type:
 
 
 class LowLatencyConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
-    """Faust's aiokafka consumer with a short fetch wait and a lean per-message hand-off.
+    """Faust's aiokafka consumer with a short fetch wait, a lean per-message hand-off, and the
+    scoring loop's pending batches drained where a Stream's pending events are waited for.
 
     Faust's ``_drain_messages`` hands every message to the conductor through
     ``wait_first(callback(message), suspend_flow.wait())``, two tasks and a wait per message,
@@ -116,6 +165,10 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
     Faust 0.15.3's loop with one change: when the hand-off cannot block (flow not suspended,
     flow control active, the channel's queue not full) the callback is awaited directly;
     otherwise it takes Faust's path. Private: ``_drain_messages`` and the attributes it reads.
+
+    ``on_partitions_revoked`` and ``wait_empty`` drain first. aiokafka's rebalances are eager
+    (every assigned partition is revoked, then each is read again from its committed offset),
+    which is what makes dropping the messages taken during a drain safe.
     """
 
     #: Set by ``install_low_latency_consumer``: True while the hand-off cannot block.
@@ -123,6 +176,54 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
 
     def _new_consumer_thread(self) -> Any:
         return _LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def drain_pending(self) -> bool:
+        """Wait for the scoring loop's pending batches to be acked, within a bound, and abandon
+        the rest unacked; True if none was left (overridden by ``install_low_latency_consumer``).
+        """
+        return True
+
+    def resume_pending(self) -> None:
+        """Let the scoring loop admit batches again after a drain (overridden likewise)."""
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Drain the loop's pending batches and commit them *before* Faust's revocation.
+
+        Faust's ``Consumer.on_partitions_revoked`` first forgets the acked offsets of the
+        revoked partitions (``_acked``, ``_committed_offset``, ...) and only then waits for its
+        streams and commits, so that commit cannot include them: every rebalance would hand
+        the new owner work that was done but not committed. The group still counts this
+        member as the partitions' owner here (aiokafka calls the listener before rejoining),
+        so a commit now is accepted. Private: the method this overrides.
+        """
+        await self.drain_pending()
+        await self._commit_acked()
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        """Reopen the loop after the drain of the revocation before (aiokafka revokes, with an
+        empty set on a first join, before every assignment). Messages of the generation before
+        are still dropped by the loop, and nothing flows until Faust resumes the flow after
+        seeking to the committed offsets. Private: the method this overrides."""
+        self.resume_pending()
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def wait_empty(self) -> None:
+        """Drain the loop's pending batches, then Faust's own wait and commit.
+
+        Faust calls this on stop (``App._stop_consumer``, ``Consumer.on_stop``) and during a
+        revocation; its final commit then includes every batch the drain acked. The loop's
+        messages are not in Faust's per-message ``unacked`` set (that costs per record), so
+        Faust's wait alone would not wait for them. Private: the method this overrides.
+        """
+        await self.drain_pending()
+        await super().wait_empty()
+
+    async def _commit_acked(self) -> None:
+        # ``commit`` returns False without committing when another commit is running (which
+        # may have started before the drain acked); the one started after it includes all.
+        if not await self.commit():
+            await self.commit()
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
         callback = self.callback
@@ -176,11 +277,18 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             unset_flag(faust_consumer.CONSUMER_FETCHING)
 
 
-def install_low_latency_consumer(app: faust.App, queue: asyncio.Queue[Any]) -> None:
+def install_low_latency_consumer(
+    app: faust.App,
+    queue: asyncio.Queue[Any],
+    drain_pending: Callable[[], Awaitable[bool]] | None = None,
+    resume_pending: Callable[[], None] | None = None,
+) -> None:
     """Make ``app`` create its consumer as a :class:`LowLatencyConsumer` (before it starts).
 
     ``queue`` is the only subscribed channel's queue; the lean hand-off applies while it has
-    room and flow control is not suspended (a rebalance suspends it). Private: the transport's
+    room and flow control is not suspended (a rebalance suspends it). ``drain_pending`` runs
+    before a revocation gives partitions up and before the final commit on stop;
+    ``resume_pending`` when partitions are assigned again. Private: the transport's
     ``Consumer`` class attribute.
     """
     flow_control = app.flow_control
@@ -189,5 +297,12 @@ def install_low_latency_consumer(app: faust.App, queue: asyncio.Queue[Any]) -> N
         @staticmethod
         def handoff_cannot_block() -> bool:
             return bool(flow_control.is_active()) and not queue.full()
+
+        async def drain_pending(self) -> bool:
+            return True if drain_pending is None else await drain_pending()
+
+        def resume_pending(self) -> None:
+            if resume_pending is not None:
+                resume_pending()
 
     app.transport.Consumer = _Consumer  # type: ignore[misc]

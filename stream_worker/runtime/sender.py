@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from stream_worker.runtime.faust_compat import partition_count
+from stream_worker.runtime.ports import RecordBatch, RecordProducer
 
 #: (input partition, key, value, headers) of one output record.
-Outgoing = tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]
+Outgoing = tuple[int, bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 
 class PartitionedSender:
@@ -20,8 +20,8 @@ class PartitionedSender:
     per-record partitioner, future and sensor calls of ``producer.send``.
     """
 
-    def __init__(self, producer: Any, topic: str) -> None:
-        self.producer = producer  # aiokafka.AIOKafkaProducer
+    def __init__(self, producer: RecordProducer, topic: str) -> None:
+        self.producer = producer
         self.topic = topic
         self._partitions = 0
 
@@ -30,8 +30,8 @@ class PartitionedSender:
         if not records:
             return []
         if not self._partitions:
-            self._partitions = await partition_count(self.producer, self.topic)
-        groups: dict[int, list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]] = {}
+            self._partitions = len(await self.producer.partitions_for(self.topic)) or 1
+        groups: dict[int, list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]] = {}
         for partition, key, value, headers in records:
             groups.setdefault(partition % self._partitions, []).append((key, value, headers))
         futures: list[asyncio.Future[Any]] = []
@@ -48,9 +48,6 @@ class PartitionedSender:
                 futures.append(await self._submit(batch, partition))
         return futures
 
-    async def _submit(self, batch: Any, partition: int) -> asyncio.Future[Any]:
+    async def _submit(self, batch: RecordBatch, partition: int) -> asyncio.Future[Any]:
         batch.close()
-        future: asyncio.Future[Any] = await self.producer.send_batch(
-            batch, self.topic, partition=partition
-        )
-        return future
+        return await self.producer.send_batch(batch, self.topic, partition=partition)

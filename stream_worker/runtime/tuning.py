@@ -20,6 +20,11 @@ MIN_STREAM_BUFFER = 4096
 #: Batches whose deliveries may still be unacknowledged while the next one is scored.
 MAX_UNACKED_BATCHES = 1
 
+#: How long a revocation or a stop waits for pending batches to be acknowledged before it
+#: abandons them (unacked, so redone). A healthy broker acknowledges a batch in milliseconds;
+#: one that takes seconds is in trouble, and a longer wait holds up the whole group's rebalance.
+DRAIN_TIMEOUT_SECONDS = 5.0
+
 #: How often offsets that became committable are committed.
 COMMIT_INTERVAL_SECONDS = 1.0
 

@@ -1,18 +1,34 @@
-"""REST views on the Faust web server: health, model info, example, predict, metrics."""
+"""REST views on the Faust web server: health, model info, example, predict, metrics.
+
+``POST /predict`` scores through the stream's code path (decode, encode, predict, drift,
+output) but with a :class:`BatchScorer` of its own, whose metrics and drift window nothing
+exports: a request never moves the stream's counters, its latency histogram or its drift
+window, so a bad request cannot raise ``scorer_dead_letters_total`` (``HighDeadLetterRate``)
+and good ones add no near-zero latencies. Requests have their own figures,
+``scorer_http_predict_requests_total{result}`` and ``scorer_http_predict_seconds``.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, cast
 
 import orjson
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from stream_worker.runtime.context import WorkerContext
 from stream_worker.runtime.faust_compat import broker_connected
+from stream_worker.scoring.metrics import ScorerMetrics
 from stream_worker.scoring.schema import example_request
-from stream_worker.scoring.scorer import InputRecord
+from stream_worker.scoring.scorer import BatchScorer, InputRecord
+from stream_worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+#: ``scorer_http_predict_requests_total{result}`` by response status.
+HTTP_PREDICT_RESULT = {200: "ok", 400: "invalid", 503: "unavailable", 500: "error"}
 
 
 def health(ctx: WorkerContext) -> tuple[dict[str, Any], int]:
@@ -30,13 +46,34 @@ def health(ctx: WorkerContext) -> tuple[dict[str, Any], int]:
     return body, 200 if ok else 503
 
 
-def predict(ctx: WorkerContext, body: bytes) -> tuple[dict[str, Any], int]:
-    """Score one applicant through the stream's code path."""
+def request_scorer(settings: WorkerSettings) -> BatchScorer:
+    """A scorer for ``POST /predict``: the stream's, on metrics and a drift window of its own
+    that nothing exports (the stream's figures describe the stream only)."""
+    return BatchScorer(
+        ScorerMetrics(CollectorRegistry()), settings.max_record_bytes, settings.drift_window
+    )
+
+
+def predict(ctx: WorkerContext, scorer: BatchScorer, body: bytes) -> tuple[dict[str, Any], int]:
+    """Score one applicant through the stream's code path with ``scorer`` (request_scorer);
+    count the request and its duration in the worker's own ``scorer_http_predict_*``."""
+    started = time.perf_counter()
+    try:
+        answer, status = _predict(ctx, scorer, body)
+    except Exception as exc:  # the model cannot score: the client gets a 500, not a hang-up
+        log.warning("POST /predict failed: %s", type(exc).__name__)
+        answer, status = {"error": "scoring failed", "error_class": type(exc).__name__}, 500
+    ctx.metrics.http_predict_requests.labels(result=HTTP_PREDICT_RESULT[status]).inc()
+    ctx.metrics.http_predict_seconds.observe(time.perf_counter() - started)
+    return answer, status
+
+
+def _predict(ctx: WorkerContext, scorer: BatchScorer, body: bytes) -> tuple[dict[str, Any], int]:
     model = ctx.watcher.current
     if model is None:
         return {"error": "no model loaded yet"}, 503
     record = InputRecord(key=None, value=body, timestamp=time.time(), topic="http")
-    result = ctx.batch_scorer.process(model, [record])
+    result = scorer.process(model, [record])
     if result.rejections:
         rej = result.rejections[0]
         return {"error": rej.message, "reason": rej.reason, "error_class": rej.error_class}, 400
@@ -47,6 +84,7 @@ def predict(ctx: WorkerContext, body: bytes) -> tuple[dict[str, Any], int]:
 
 def register(ctx: WorkerContext) -> None:
     app = ctx.app
+    scorer = request_scorer(ctx.settings)
 
     @app.page("/health")
     class Health(View):  # type: ignore[misc]
@@ -68,7 +106,7 @@ def register(ctx: WorkerContext) -> None:
     @app.page("/predict")
     class Predict(View):  # type: ignore[misc]
         async def post(self, request: Request) -> Response:
-            body, status = predict(ctx, await request.read())
+            body, status = predict(ctx, scorer, await request.read())
             return self.json(body, status=status)
 
     @app.page("/metrics")

@@ -83,6 +83,12 @@ CONTRACT_METRICS: dict[str, tuple[str, dict[str, set[str] | None]]] = {
     ),
     "scorer_consumer_lag": ("gauge", {"topic": None, "partition": None}),
     "scorer_model_loaded": ("gauge", {}),
+    "scorer_drift_window_records": ("gauge", {}),
+    "scorer_http_predict_requests_total": (
+        "counter",
+        {"result": {"ok", "invalid", "unavailable", "error"}},
+    ),
+    "scorer_http_predict_seconds": ("histogram", {}),
 }
 # The monitor's contract (README, "Live model performance"): per model version, from the capture.
 VERSION = {"model_name": None, "model_version": None}

@@ -1,19 +1,24 @@
-"""ModelWatcher: load, keep, swap, refuse broken versions, and ride out registry outages."""
+"""ModelWatcher: load, keep, swap, refuse broken versions, and ride out registry outages;
+fall back to the version it replaced when the one in service fails on live records."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream_worker.exceptions import ModelUnavailableError
+from stream_worker.exceptions import ModelUnavailableError, ScoringSystemError
 from stream_worker.model_watcher import AliasTarget, ModelWatcher
 from stream_worker.scoring.metrics import ScorerMetrics
+from stream_worker.scoring.scorer import BatchScorer, InputRecord, LoadedModel
 from trainer.model.bundle import BOOSTER_FILE, BUNDLE_FILE, ModelBundle, records_to_columns
 
 NAME = "adult-income"
@@ -54,8 +59,10 @@ class FakeSource:
 def bundle_folders(
     tiny_bundle: ModelBundle, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
-    """Versions 1 and 2 are good (2 has threshold 0.4); 3 is truncated; 4 fails its smoke test;
-    5 lacks its booster file; 6 has an unreadable bundle.json."""
+    """Versions 1, 2 and 9 are good (2 has threshold 0.4); 3 is truncated; 4 fails its smoke
+    test; 5 lacks its booster file; 6 has an unreadable bundle.json. 7, 8 and 10 predict
+    fine but fail on the stream's path: 7's drift profile lacks a feature, 8's reference
+    sample does not pass the wire schema, 10's profile has too few bins for a category."""
     root = tmp_path_factory.mktemp("versions")
     folders = {
         "1": tiny_bundle.save(root / "v1"),
@@ -73,6 +80,18 @@ def bundle_folders(
     garbled = tiny_bundle.save(root / "v6")
     (garbled / BUNDLE_FILE).write_text("{ not json")
     folders["6"] = garbled
+    profile = tiny_bundle.profile
+    numeric = {k: v for k, v in profile.numeric_edges.items() if k != "age"}
+    no_age = dataclasses.replace(profile, numeric_edges=numeric)
+    folders["7"] = dataclasses.replace(tiny_bundle, profile=no_age).save(root / "v7")
+    as_text = [dict(r) for r in tiny_bundle.reference_records]
+    as_text[0]["age"] = str(as_text[0]["age"])  # numpy reads "39" as 39; the schema refuses it
+    folders["8"] = dataclasses.replace(tiny_bundle, reference_records=as_text).save(root / "v8")
+    categorical = dict(profile.categorical_props)
+    categorical["native_country"] = categorical["native_country"][:2]
+    few_bins = dataclasses.replace(profile, categorical_props=categorical)
+    folders["10"] = dataclasses.replace(tiny_bundle, profile=few_bins).save(root / "v10")
+    folders["9"] = tiny_bundle.save(root / "v9")
     return folders
 
 
@@ -172,6 +191,9 @@ def test_a_new_version_is_swapped_in(
         pytest.param("4", id="smoke-test-fails"),
         pytest.param("5", id="booster-missing"),
         pytest.param("6", id="bundle-json-garbled"),
+        pytest.param("7", id="drift-profile-lacks-a-feature"),
+        pytest.param("8", id="reference-sample-fails-the-schema"),
+        pytest.param("10", id="drift-profile-bins-do-not-fit"),
     ],
 )
 def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(
@@ -284,3 +306,131 @@ def test_close_removes_the_download_folder(source: FakeSource, metrics: ScorerMe
     assert any(workdir.iterdir())
     watcher.close()
     assert not workdir.exists()
+
+
+def test_the_smoke_test_leaves_the_live_metrics_alone(
+    watcher: ModelWatcher, source: FakeSource, metrics: ScorerMetrics
+) -> None:
+    source.version = "1"
+    assert watcher.poll() is not None
+    for outcome in ("scored", "invalid", "error"):
+        assert metrics.registry.get_sample_value("scorer_records_total", {"outcome": outcome}) == 0
+    assert metrics.registry.get_sample_value("scorer_score_count") == 0
+
+
+def _serve(watcher: ModelWatcher, source: FakeSource, version: str) -> LoadedModel:
+    """Point the alias at ``version`` and poll: it must be swapped in."""
+    source.version = version
+    loaded = watcher.poll()
+    assert loaded is not None
+    assert watcher.current is loaded
+    return loaded
+
+
+def _records(applicants: list[dict[str, Any]]) -> list[InputRecord]:
+    now = time.time()
+    return [
+        InputRecord(a["applicant_id"].encode(), json.dumps(a).encode(), now, "applicants", 0, i)
+        for i, a in enumerate(applicants)
+    ]
+
+
+def _fails_in_service(model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The version passed its smoke test; live records make it raise."""
+
+    def boom(batch: Any) -> Any:
+        raise RuntimeError("booster exploded")
+
+    monkeypatch.setattr(model.bundle, "predict_encoded", boom)
+
+
+def test_a_version_failing_in_service_falls_back_to_the_one_it_replaced(
+    watcher: ModelWatcher,
+    source: FakeSource,
+    metrics: ScorerMetrics,
+    sample_applicants: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scorer = BatchScorer(metrics, max_record_bytes=65536, drift_window=100)
+    v1 = _serve(watcher, source, "1")
+    v2 = _serve(watcher, source, "2")
+    _fails_in_service(v2, monkeypatch)
+
+    assert watcher.current is v2  # what the loop hands the scorer
+    result = scorer.process(v2, _records(sample_applicants[:10]))
+    assert result.dead_letters == []
+    assert {json.loads(p.value)["model_version"] for p in result.predictions} == {"1"}
+    assert len(result.predictions) == 10
+    assert watcher.current is v1
+    assert "failed in service" in watcher.refused["2"]
+    assert "booster exploded" in watcher.refused["2"]
+    assert _reloads(metrics, "failure") == 1
+    assert _info_versions(metrics) == ["1"]
+    assert watcher.info()["version"] == "1"
+    assert "2" in watcher.info()["refused_versions"]
+
+    # the alias still points at 2: it is neither swapped in again nor downloaded again
+    assert watcher.poll() is None
+    assert watcher.current is v1
+    assert source.downloads == ["1", "2"]
+    # the next batch goes straight to version 1
+    again = scorer.process(v1, _records(sample_applicants[10:20]))
+    assert {json.loads(p.value)["model_version"] for p in again.predictions} == {"1"}
+    assert _reloads(metrics, "failure") == 1
+
+    # once the alias moves on, the new version serves, with 1 as its fallback
+    v9 = _serve(watcher, source, "9")
+    assert watcher.fall_back(v9, "test") is v1
+
+
+def test_the_version_fallen_back_to_has_no_fallback_of_its_own(
+    watcher: ModelWatcher,
+    source: FakeSource,
+    metrics: ScorerMetrics,
+    sample_applicants: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scorer = BatchScorer(metrics, max_record_bytes=65536, drift_window=100)
+    v1 = _serve(watcher, source, "1")
+    v2 = _serve(watcher, source, "2")
+    _fails_in_service(v2, monkeypatch)
+    _fails_in_service(v1, monkeypatch)
+    with pytest.raises(ScoringSystemError, match="version 1"):
+        scorer.process(v2, _records(sample_applicants[:5]))
+    assert watcher.current is v1  # 2 was refused on the way; 1 stays: nothing else can serve
+    assert set(watcher.refused) == {"2"}
+
+
+def test_a_first_version_failing_in_service_stops_the_batch(
+    watcher: ModelWatcher,
+    source: FakeSource,
+    metrics: ScorerMetrics,
+    sample_applicants: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scorer = BatchScorer(metrics, max_record_bytes=65536, drift_window=100)
+    v1 = _serve(watcher, source, "1")
+    _fails_in_service(v1, monkeypatch)
+    with pytest.raises(ScoringSystemError, match="no other version"):
+        scorer.process(v1, _records(sample_applicants[:5]))
+    assert watcher.current is v1
+    assert watcher.refused == {}
+    assert _reloads(metrics, "failure") == 0
+    assert (
+        metrics.registry.get_sample_value("scorer_dead_letters_total", {"reason": "scoring_error"})
+        == 0
+    )
+
+
+def test_a_fault_of_a_version_no_longer_serving_gets_the_one_that_serves(
+    watcher: ModelWatcher, source: FakeSource, metrics: ScorerMetrics
+) -> None:
+    v1 = _serve(watcher, source, "1")
+    v2 = _serve(watcher, source, "2")
+    # a batch scored by 1 just before the swap fails: 2 serves already, nothing is refused
+    assert watcher.fall_back(v1, "late") is v2
+    assert watcher.current is v2
+    assert watcher.refused == {}
+    assert _reloads(metrics, "failure") == 0
+    # and 1, which failed, is no longer 2's fallback
+    assert watcher.fall_back(v2, "boom") is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -342,3 +342,17 @@ def test_an_unwritable_location_is_refused_in_one_line(tmp_path: Path) -> None:
 def test_the_probe_leaves_nothing_behind(tmp_path: Path) -> None:
     probe_location(CaptureLocation.from_uri(str(tmp_path / "new")), "x")
     assert list((tmp_path / "new").iterdir()) == []
+
+
+def test_a_null_outcome_without_a_key_is_dead_lettered_as_an_empty_value_saying_so(
+    tmp_path: Path, clock: Clock
+) -> None:
+    archiver = _archiver(str(tmp_path), clock)
+    tombstone = replace(_outcome(0, b""), key=None, value=None)
+
+    run(archiver.take({OUTS_0: [tombstone]}))
+
+    [letter] = archiver.producer.sent
+    assert letter["key"] is None
+    assert letter["value"] == b""  # Kafka refuses a record with neither key nor value
+    assert dict(letter["headers"])["original_value"] == b"null"

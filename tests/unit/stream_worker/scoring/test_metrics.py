@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from stream_worker.scoring.metrics import (
     DLQ_REASONS,
+    HTTP_PREDICT_RESULTS,
     LATENCY_BUCKETS,
     OUTCOMES,
     RELOAD_RESULTS,
@@ -120,17 +121,37 @@ def test_every_labelled_series_exists_at_zero(metrics: ScorerMetrics) -> None:
         assert f'scorer_predictions_total{{label="{label}"}} 0.0' in lines
     for result in RELOAD_RESULTS:
         assert f'scorer_model_reloads_total{{result="{result}"}} 0.0' in lines
-    for feature in FEATURE_COLUMNS:
-        assert f'scorer_feature_drift_psi{{feature="{feature}"}} 0.0' in lines
-    assert "scorer_prediction_drift_psi 0.0" in lines
+    for result in HTTP_PREDICT_RESULTS:
+        assert f'scorer_http_predict_requests_total{{result="{result}"}} 0.0' in lines
+    assert "scorer_http_predict_seconds_count 0.0" in lines
     assert "scorer_model_loaded 0.0" in lines
     assert "scorer_event_latency_seconds_count 0.0" in lines
     assert "scorer_model_info{" not in text  # no model yet
 
 
+def test_psi_series_are_absent_until_set_and_again_once_cleared(metrics: ScorerMetrics) -> None:
+    """No PSI is known before the drift window holds enough records: absent, not 0."""
+
+    def psi_lines() -> list[str]:
+        return [ln for ln in _scrape(metrics).splitlines() if "_drift_psi" in ln and ln[0] != "#"]
+
+    assert psi_lines() == []
+    assert "scorer_drift_window_records 0.0" in _scrape(metrics).splitlines()
+    metrics.set_drift({f: 0.01 for f in FEATURE_COLUMNS}, 0.02)
+    metrics.set_drift_window(1200)
+    assert len(psi_lines()) == len(FEATURE_COLUMNS) + 1
+    assert metrics.prediction_psi.value == 0.02
+    metrics.clear_drift()
+    assert psi_lines() == []
+    assert metrics.prediction_psi.value is None
+    assert "scorer_drift_window_records 1200.0" in _scrape(metrics).splitlines()
+    # the families stay declared, so a scrape still says what they are
+    assert "# TYPE scorer_prediction_drift_psi gauge" in _scrape(metrics)
+
+
 @pytest.mark.parametrize(
     "name",
-    ["scorer_event_latency_seconds", "scorer_inference_seconds"],
+    ["scorer_event_latency_seconds", "scorer_inference_seconds", "scorer_http_predict_seconds"],
 )
 def test_latency_histograms_have_millisecond_buckets(metrics: ScorerMetrics, name: str) -> None:
     text = _scrape(metrics)

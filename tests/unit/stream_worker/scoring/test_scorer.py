@@ -15,8 +15,15 @@ import pytest
 import xgboost as xgb
 from prometheus_client import CollectorRegistry
 
+from stream_worker.exceptions import ScoringSystemError
 from stream_worker.scoring.metrics import ScorerMetrics
-from stream_worker.scoring.scorer import BatchScorer, InputRecord, LoadedModel, OutputRecord
+from stream_worker.scoring.scorer import (
+    BatchScorer,
+    DeadLetter,
+    InputRecord,
+    LoadedModel,
+    OutputRecord,
+)
 from trainer.model.bundle import ModelBundle, records_to_columns
 from trainer.model.columns import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
 
@@ -32,7 +39,7 @@ def metrics() -> ScorerMetrics:
 
 @pytest.fixture
 def scorer(metrics: ScorerMetrics) -> BatchScorer:
-    return BatchScorer(metrics, max_record_bytes=65536, drift_window=100)
+    return BatchScorer(metrics, max_record_bytes=65536, drift_window=100, drift_min_records=50)
 
 
 def _loaded(bundle: ModelBundle, version: str = "1") -> LoadedModel:
@@ -69,7 +76,7 @@ def _sample(metrics: ScorerMetrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-def _headers(record: OutputRecord) -> dict[str, str]:
+def _headers(record: OutputRecord | DeadLetter) -> dict[str, str]:
     return {k: v.decode() for k, v in record.headers}
 
 
@@ -171,7 +178,7 @@ def test_dead_letters_keep_bytes_key_and_carry_reason_headers(
     assert [p.key for p in result.predictions] == [
         a["applicant_id"].encode() for a in sample_applicants[:3]
     ]
-    assert [d.value for d in result.dead_letters] == [b"{oops", b"[1, 2]", bad_age, b""]
+    assert [d.value for d in result.dead_letters] == [b"{oops", b"[1, 2]", bad_age, None]
     assert [d.key for d in result.dead_letters] == [b"k0", None, b"k4", b"k5"]
     headers = [_headers(d) for d in result.dead_letters]
     for h in headers:
@@ -247,38 +254,35 @@ def _boom(batch: Any) -> Any:
     raise RuntimeError("booster exploded")
 
 
-def test_a_failing_booster_sends_the_valid_records_to_the_dlq(
+def _counts(metrics: ScorerMetrics) -> dict[str, float]:
+    names = [("scorer_records_total", {"outcome": o}) for o in ("scored", "invalid", "error")]
+    names += [("scorer_dead_letters_total", {"reason": r}) for r in ("not_json", "scoring_error")]
+    names += [("scorer_score_count", {}), ("scorer_inference_seconds_count", {})]
+    return {f"{n}{labels}": _sample(metrics, n, **labels) for n, labels in names}
+
+
+def test_a_failing_booster_dead_letters_nothing_and_raises(
     scorer: BatchScorer,
     metrics: ScorerMetrics,
     tiny_bundle: ModelBundle,
     sample_applicants: list[dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A system fault is not the records' fault: no dead letter, nothing counted, and an
+    exception the loop lets through, so the batch is neither acknowledged nor committed."""
     broken = dataclasses.replace(tiny_bundle)
     monkeypatch.setattr(broken, "predict_encoded", _boom)
     good = [json.dumps(a).encode() for a in sample_applicants[:5]]
     values: list[bytes | None] = [good[0], b"not json", *good[1:]]
-    result = scorer.process(_loaded(broken, "2"), _inputs(values, time.time()))
-
-    assert result.predictions == []
-    assert len(result.dead_letters) == 6
-    by_offset = {_headers(d)["source_offset"]: d for d in result.dead_letters}
-    assert _headers(by_offset["1001"])["error_class"] == "JSONDecodeError"
-    for i, value in zip([1000, 1002, 1003, 1004, 1005], good, strict=True):
-        dead = by_offset[str(i)]
-        assert dead.value == value
-        assert dead.key == f"key-{i - 1000}".encode()
-        assert _headers(dead)["error_class"] == "RuntimeError"
-        assert _headers(dead)["error_reason"] == "booster exploded"
-    assert _sample(metrics, "scorer_records_total", outcome="error") == 5
-    assert _sample(metrics, "scorer_records_total", outcome="invalid") == 1
-    assert _sample(metrics, "scorer_records_total", outcome="scored") == 0
-    assert _sample(metrics, "scorer_dead_letters_total", reason="scoring_error") == 5
-    assert _sample(metrics, "scorer_dead_letters_total", reason="not_json") == 1
-    assert _sample(metrics, "scorer_score_count") == 0
+    before = _counts(metrics)
+    with pytest.raises(ScoringSystemError, match="booster exploded") as raised:
+        scorer.process(_loaded(broken, "2"), _inputs(values, time.time()))
+    assert "version 2" in str(raised.value)
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    assert _counts(metrics) == before  # the invalid record is not counted either: it comes back
 
 
-def test_a_booster_with_the_wrong_feature_count_is_a_scoring_error(
+def test_a_booster_with_the_wrong_feature_count_is_a_system_fault(
     scorer: BatchScorer,
     metrics: ScorerMetrics,
     tiny_bundle: ModelBundle,
@@ -291,13 +295,9 @@ def test_a_booster_with_the_wrong_feature_count_is_a_scoring_error(
         num_boost_round=2,
     )
     broken = dataclasses.replace(tiny_bundle, booster=wrong)
-    result = scorer.process(_loaded(broken, "9"), _valid(sample_applicants[:4]))
-    assert result.predictions == []
-    headers = [_headers(d) for d in result.dead_letters]
-    assert [h["source_offset"] for h in headers] == ["1000", "1001", "1002", "1003"]
-    assert {h["error_class"] for h in headers} == {"ValueError"}  # xgboost's shape check
-    assert "shape mismatch" in headers[0]["error_reason"]
-    assert _sample(metrics, "scorer_dead_letters_total", reason="scoring_error") == 4
+    with pytest.raises(ScoringSystemError, match="shape mismatch"):
+        scorer.process(_loaded(broken, "9"), _valid(sample_applicants[:4]))
+    assert _sample(metrics, "scorer_dead_letters_total", reason="scoring_error") == 0
     # the same scorer keeps working once a healthy model is back
     healthy = scorer.process(_loaded(tiny_bundle, "1"), _valid(sample_applicants[:4]))
     assert len(healthy.predictions) == 4
