@@ -148,6 +148,10 @@ class ModelWatcher:
                 reason,
             )
             return None
+        finally:
+            # The bundle is in memory once loaded: its files are not kept, so the disk used
+            # does not grow with every promotion.
+            shutil.rmtree(dest, ignore_errors=True)
         loaded = dataclasses.replace(candidate, fallback=self)
         self.run_metrics = self.source.run_metrics(target.run_id)
         with self._swap_lock:
@@ -214,4 +218,6 @@ class ModelWatcher:
         }
 
     def close(self) -> None:
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        """Remove the download folder once no poll is writing to it (waits for one running)."""
+        with self._lock:
+            shutil.rmtree(self._workdir, ignore_errors=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -298,14 +299,49 @@ def test_a_failed_download_is_retried_not_refused(
     assert source.downloads == ["1", "2", "2"]
 
 
-def test_close_removes_the_download_folder(source: FakeSource, metrics: ScorerMetrics) -> None:
+def test_no_version_leaves_files_behind(source: FakeSource, metrics: ScorerMetrics) -> None:
+    """Fault 7: each version's download folder stayed until shutdown, so the disk used grew
+    with every promotion. A bundle is in memory once loaded; its files go at once."""
     watcher = ModelWatcher(source, metrics)  # type: ignore[arg-type]
-    source.version = "1"
-    watcher.poll()
     workdir = watcher._workdir
-    assert any(workdir.iterdir())
+    for version in ("1", "2", "3", "9"):  # 3 is refused: its files go as well
+        source.version = version
+        watcher.poll()
+        assert list(workdir.iterdir()) == []
+    assert watcher.current is not None and watcher.current.version == "9"
     watcher.close()
     assert not workdir.exists()
+
+
+def test_close_waits_for_a_running_poll(
+    source: FakeSource, metrics: ScorerMetrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault 7: close() deleted the download folder while a poll thread could still be
+    writing to it. It now waits for the poll, which then finds nothing half-deleted."""
+    watcher = ModelWatcher(source, metrics)  # type: ignore[arg-type]
+    source.version = "1"
+    downloading, release = threading.Event(), threading.Event()
+    real_download = source.download
+
+    def slow_download(version: str, dest: Path) -> Path:
+        downloading.set()
+        assert release.wait(10)
+        return real_download(version, dest)
+
+    monkeypatch.setattr(source, "download", slow_download)
+    results: list[Any] = []
+    poller = threading.Thread(target=lambda: results.append(watcher.poll()))
+    poller.start()
+    assert downloading.wait(10)
+    closer = threading.Thread(target=watcher.close)
+    closer.start()
+    time.sleep(0.2)
+    assert closer.is_alive()  # waiting for the poll
+    release.set()
+    poller.join(10)
+    closer.join(10)
+    assert results and results[0] is not None and results[0].version == "1"
+    assert not watcher._workdir.exists()
 
 
 def test_the_smoke_test_leaves_the_live_metrics_alone(
