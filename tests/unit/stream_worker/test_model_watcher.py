@@ -308,7 +308,8 @@ def test_no_version_leaves_files_behind(source: FakeSource, metrics: ScorerMetri
         source.version = version
         watcher.poll()
         assert list(workdir.iterdir()) == []
-    assert watcher.current is not None and watcher.current.version == "9"
+    assert watcher.current is not None
+    assert watcher.current.version == "9"
     watcher.close()
     assert not workdir.exists()
 
@@ -340,7 +341,9 @@ def test_close_waits_for_a_running_poll(
     release.set()
     poller.join(10)
     closer.join(10)
-    assert results and results[0] is not None and results[0].version == "1"
+    assert len(results) == 1
+    assert results[0] is not None
+    assert results[0].version == "1"
     assert not watcher._workdir.exists()
 
 
