@@ -374,6 +374,11 @@ def _records(applicants: list[dict[str, Any]]) -> list[InputRecord]:
     ]
 
 
+@pytest.fixture
+def scorer(metrics: ScorerMetrics) -> BatchScorer:
+    return BatchScorer(metrics, max_record_bytes=65536, drift_window=100)
+
+
 def _fails_in_service(model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     """The version passed its smoke test; live records make it raise."""
 
@@ -383,17 +388,26 @@ def _fails_in_service(model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(model.bundle, "predict_encoded", boom)
 
 
+@pytest.fixture
+def failing_second(
+    watcher: ModelWatcher, source: FakeSource, monkeypatch: pytest.MonkeyPatch
+) -> tuple[LoadedModel, LoadedModel]:
+    """Versions 1 then 2 served; 2 fails on live records."""
+    v1 = _serve(watcher, source, "1")
+    v2 = _serve(watcher, source, "2")
+    _fails_in_service(v2, monkeypatch)
+    return v1, v2
+
+
 def test_a_version_failing_in_service_falls_back_to_the_one_it_replaced(
     watcher: ModelWatcher,
     source: FakeSource,
     metrics: ScorerMetrics,
+    scorer: BatchScorer,
     sample_applicants: list[dict[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
+    failing_second: tuple[LoadedModel, LoadedModel],
 ) -> None:
-    scorer = BatchScorer(metrics, max_record_bytes=65536, drift_window=100)
-    v1 = _serve(watcher, source, "1")
-    v2 = _serve(watcher, source, "2")
-    _fails_in_service(v2, monkeypatch)
+    v1, v2 = failing_second
 
     assert watcher.current is v2  # what the loop hands the scorer
     result = scorer.process(v2, _records(sample_applicants[:10]))
@@ -426,13 +440,12 @@ def test_the_version_fallen_back_to_has_no_fallback_of_its_own(
     watcher: ModelWatcher,
     source: FakeSource,
     metrics: ScorerMetrics,
+    scorer: BatchScorer,
     sample_applicants: list[dict[str, Any]],
+    failing_second: tuple[LoadedModel, LoadedModel],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    scorer = BatchScorer(metrics, max_record_bytes=65536, drift_window=100)
-    v1 = _serve(watcher, source, "1")
-    v2 = _serve(watcher, source, "2")
-    _fails_in_service(v2, monkeypatch)
+    v1, v2 = failing_second
     _fails_in_service(v1, monkeypatch)
     with pytest.raises(ScoringSystemError, match="version 1"):
         scorer.process(v2, _records(sample_applicants[:5]))
@@ -444,10 +457,10 @@ def test_a_first_version_failing_in_service_stops_the_batch(
     watcher: ModelWatcher,
     source: FakeSource,
     metrics: ScorerMetrics,
+    scorer: BatchScorer,
     sample_applicants: list[dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    scorer = BatchScorer(metrics, max_record_bytes=65536, drift_window=100)
     v1 = _serve(watcher, source, "1")
     _fails_in_service(v1, monkeypatch)
     with pytest.raises(ScoringSystemError, match="no other version"):
