@@ -20,6 +20,7 @@ import pytest
 
 from stream_worker.capture.layout import APPLICANTS, OUTCOMES, CaptureLocation
 from stream_worker.devtools import replay
+from stream_worker.scoring.schema import example_request
 from trainer import captured, dataset, pipeline
 from trainer.dataset import RAW_COLUMNS, AdultData
 from trainer.settings import TrainerSettings
@@ -81,23 +82,7 @@ def replay_capture(
 
 
 def record(applicant_id: str, **fields: Any) -> bytes:
-    base = {
-        "applicant_id": applicant_id,
-        "age": 39,
-        "workclass": "State-gov",
-        "fnlwgt": 77516,
-        "education": "Bachelors",
-        "education_num": 13,
-        "marital_status": "Never-married",
-        "occupation": "Adm-clerical",
-        "relationship": "Not-in-family",
-        "race": "White",
-        "sex": "Male",
-        "capital_gain": 2174,
-        "capital_loss": 0,
-        "hours_per_week": 40,
-        "native_country": "United-States",
-    }
+    base = {**example_request(), "applicant_id": applicant_id}
     base.update(fields)
     return orjson.dumps({k: v for k, v in base.items() if v is not ...})
 
