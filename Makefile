@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench k8s topology clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,24 @@ lint: install
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile  # two processes, one test file each at a time
 
 demo: install
 	$(VENV)/bin/stream-worker demo
 
 bench: install
 	$(VENV)/bin/stream-worker bench --json bench/latest.json
+
+# deploy/k8s: regenerate the PrometheusRule and dashboard ConfigMaps from monitoring/, then
+# render every overlay with `kubectl kustomize` (Debian: apt-get install kubernetes-client).
+k8s: install
+	$(PY) -m stream_worker.devtools.k8s --render
+
+# docker-compose.yml's services run natively on loopback from their compose commands:
+# PostgreSQL (Debian: apt-get install postgresql), MLflow on it with served artifacts, the
+# Prefect server, one trainer run, two workers, Prometheus. About two minutes.
+topology: install
+	$(PY) -m pytest tests/integration/test_topology.py -v -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .demo .bench mlruns mlflow.db

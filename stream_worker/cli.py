@@ -169,6 +169,7 @@ def produce(
         settings.kafka_bootstrap_servers,
         settings.topics(),
         settings.topic_partitions,
+        security=settings.kafka_security,
     )
     stats = tools.produce(
         settings.kafka_bootstrap_servers,
@@ -178,6 +179,7 @@ def produce(
         limit=limit,
         outcomes=plan,
         start=start,
+        security=settings.kafka_security,
     )
     typer.echo(
         f"sent {stats.sent} records to {settings.input_topic} in {stats.seconds:.1f}s "
@@ -232,6 +234,7 @@ def consume(
         timeout=timeout,
         labels=labels,
         on_record=show,
+        security=settings.kafka_security,
     )
     acc = f"{summary.accuracy:.4f}" if summary.accuracy is not None else "n/a"
     typer.echo(
@@ -299,8 +302,25 @@ def bench(
     ] = True,
     tracking_uri: Annotated[
         str | None,
-        typer.Option(help="MLflow store with the champion; default: train one in the workdir"),
+        typer.Option(
+            help="MLflow store: alone, its champion is benched; with --model models:/NAME@ALIAS, "
+            "that model"
+        ),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="quick (one trial), default (trainer run's defaults, production size, cached "
+            "by a content key in the workdir) or models:/NAME@ALIAS [default: default]"
+        ),
+    ] = None,
+    curve_rates: Annotated[
+        str,
+        typer.Option(help="offered rates of the latency curve; N% = share of the measured max"),
+    ] = "1000,2000,5000,10000,80%",
+    breakdown: Annotated[
+        bool, typer.Option(help="per-stage latency breakdown with a traced worker")
+    ] = True,
     json_path: Annotated[Path, typer.Option("--json", help="result file")] = Path(
         "bench/latest.json"
     ),
@@ -309,7 +329,8 @@ def bench(
         Path | None, typer.Option(help="py-spy the worker in (a): .svg, .json or raw text")
     ] = None,
 ) -> None:
-    """Benchmark on loopback: throughput, pass-through ceiling, latency, naive baseline, RSS."""
+    """Benchmark on loopback: throughput, baselines (Faust pass-through, raw forwarder, naive
+    scorer), latency curve and breakdown, RSS."""
     from stream_worker.devtools.bench.runner import BenchOptions, run_bench
 
     setup_logging("warning")
@@ -322,12 +343,51 @@ def bench(
             two_workers=two_workers,
             capture=capture,
             tracking_uri=tracking_uri,
+            model=model,
+            curve_rates=curve_rates,
+            breakdown=breakdown,
             json_path=json_path,
             workdir=workdir,
             profile=profile,
         ),
         typer.echo,
     )
+
+
+@app.command()
+def chaos(
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(help="run only these (repeatable; default all, see docs/reliability.md)"),
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="result file")] = None,
+    markdown: Annotated[
+        Path | None, typer.Option(help="write the report here (docs/reliability.md)")
+    ] = None,
+    duration: Annotated[float, typer.Option(min=10, help="seconds of load per scenario")] = 40.0,
+    rate: Annotated[float, typer.Option(min=10, help="records/s offered")] = 400.0,
+    seed: Annotated[int, typer.Option(help="seeds the poison mix and the kill points")] = 10,
+    workdir: Annotated[Path, typer.Option(help="logs and stores of the run")] = Path(".chaos"),
+) -> None:
+    """Chaos suite on loopback: kills, SIGTERM, scaling, broker and registry outages, broken
+    versions, oversize and poison traffic under steady load; counts lost and duplicates."""
+    from stream_worker.devtools.chaos import ChaosOptions, run_chaos
+
+    setup_logging("warning")
+    result = run_chaos(
+        ChaosOptions(
+            scenarios=scenario or (),
+            seconds=duration,
+            rate=rate,
+            seed=seed,
+            json_path=json_path,
+            markdown_path=markdown,
+            workdir=workdir,
+        ),
+        typer.echo,
+    )
+    if not result["passed"]:
+        raise ScorerError("chaos: at least one scenario failed its checks (see the report)")
 
 
 @app.command(hidden=True)
@@ -340,6 +400,18 @@ def passthrough(
     settings = settings_from(web_port=web_port)
     setup_logging(settings.log_level)
     run_passthrough(settings)
+
+
+@app.command(hidden=True)
+def forward(
+    web_port: Annotated[int, typer.Option(min=1, max=65535, help="/health and /stats port")],
+) -> None:
+    """A raw aiokafka forwarder, input to output unchanged (the benchmark's client ceiling)."""
+    from stream_worker.devtools.forwarder import run_forwarder
+
+    settings = settings_from()
+    setup_logging(settings.log_level)
+    run_forwarder(settings, web_port)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,13 @@ class BrokerError(ScorerError):
     """The Kafka broker will not start, cannot be reached, or refused an admin request."""
 
 
+class KafkaSecurityError(BrokerError):
+    """The broker refused the security settings: credentials, certificate or mechanism.
+
+    Never retried: waiting does not fix it, and repeated attempts can lock an account.
+    """
+
+
 class ConfigError(ScorerError):
     """A setting is missing, malformed, or contradicts another one."""
 

@@ -28,9 +28,12 @@ from stream_worker.exceptions import ModelUnavailableError, one_line
 from stream_worker.scoring.metrics import ScorerMetrics
 from stream_worker.scoring.scorer import LoadedModel, smoke_test
 from trainer.model.bundle import ModelBundle
-from trainer.registry import download_version
+from trainer.registry import auth_failure, download_version
 
 log = logging.getLogger(__name__)
+
+#: How stores answer for an alias (or a model) that does not exist (REST server, SQL store).
+MISSING_ALIAS_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,15 @@ class MlflowModelSource:
         try:
             mv = self._client.get_model_version_by_alias(self.name, self.alias)
         except MlflowException as exc:
-            raise ModelUnavailableError(f"no {self.name}@{self.alias}: {one_line(exc)}") from exc
+            refused = auth_failure(exc)
+            if refused is not None:
+                raise ModelUnavailableError(f"registry refused the credentials: {refused}") from exc
+            if exc.error_code in MISSING_ALIAS_CODES:
+                raise ModelUnavailableError(
+                    f"no {self.name}@{self.alias}: {one_line(exc)}"
+                ) from exc
+            # a server error, or retries given up: not a statement about the alias
+            raise ModelUnavailableError(f"registry error: {one_line(exc)}") from exc
         except Exception as exc:  # connection errors surface as many types
             raise ModelUnavailableError(f"registry unreachable: {one_line(exc)}") from exc
         return AliasTarget(str(mv.version), str(mv.run_id or ""))
@@ -62,9 +73,8 @@ class MlflowModelSource:
         try:
             return download_version(self._client, self.name, version, dest)
         except Exception as exc:
-            raise ModelUnavailableError(
-                f"cannot download version {version}: {one_line(exc)}"
-            ) from exc
+            why = auth_failure(exc) or one_line(exc)
+            raise ModelUnavailableError(f"cannot download version {version}: {why}") from exc
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         if not run_id:
@@ -87,6 +97,9 @@ class ModelWatcher:
         self.current: LoadedModel | None = None
         self.refused: dict[str, str] = {}  # version -> why it was refused
         self.last_error: str | None = None
+        # Why the last alias check failed (registry down, credentials refused); None once it
+        # answers. The model in service keeps serving meanwhile.
+        self.registry_error: str | None = None
         self.run_metrics: dict[str, float] = {}
         self._previous: LoadedModel | None = None  # what ``current`` replaced: the fallback
         self._lock = threading.Lock()  # one poll at a time (held while a version downloads)
@@ -108,8 +121,12 @@ class ModelWatcher:
             try:
                 target = self.source.target()
             except ModelUnavailableError as exc:
-                self.last_error = str(exc)
+                self.last_error = self.registry_error = str(exc)
                 raise
+            if self.registry_error is not None:  # the registry answers again
+                if self.last_error == self.registry_error:
+                    self.last_error = None
+                self.registry_error = None
             if self.current is not None and target.version == self.current.version:
                 return None
             if target.version in self.refused:
@@ -215,6 +232,7 @@ class ModelWatcher:
             "test_metrics": {k: v for k, v in self.run_metrics.items() if k.startswith("test_")},
             "refused_versions": dict(self.refused),
             "last_error": self.last_error,
+            "registry_error": self.registry_error,
         }
 
     def close(self) -> None:

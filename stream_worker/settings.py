@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream_worker.kafka_security import KafkaSecurity
 from stream_worker.runtime.tuning import PRODUCER_MAX_REQUEST_BYTES
 
 
@@ -21,6 +22,9 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SCORER_", frozen=True, extra="ignore")
 
     kafka_bootstrap_servers: str = _standard("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    # TLS and SASL of every Kafka client, from the KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and
+    # KAFKA_SSL_* variables (stream_worker.kafka_security); the password is a SecretStr.
+    kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity)
     mlflow_tracking_uri: str = _standard("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
     app_id: str = "income-scorer"
     input_topic: str = "applicants"

@@ -19,6 +19,7 @@ from stack_helpers import ModelStore, WorkerStack
 
 from stream_worker.devtools.broker import LocalBroker
 from stream_worker.exceptions import BrokerError
+from stream_worker.kafka_security import KafkaSecurity, kafka_python_kwargs
 from stream_worker.runtime.admin import delete_topics, ensure_topics, wait_for_kafka
 from stream_worker.settings import WorkerSettings
 
@@ -29,6 +30,11 @@ def _configured_bootstrap() -> str | None:
     if "kafka_bootstrap_servers" in settings.model_fields_set:
         return settings.kafka_bootstrap_servers
     return None
+
+
+def _configured_security() -> KafkaSecurity:
+    """TLS/SASL for a broker named by KAFKA_BOOTSTRAP_SERVERS (KAFKA_SECURITY_PROTOCOL, ...)."""
+    return WorkerSettings().kafka_security
 
 
 def _docker_engine_answers() -> bool:
@@ -58,7 +64,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured is not None:
         problem: str | None = None
         try:
-            wait_for_kafka(configured, timeout=30)
+            wait_for_kafka(configured, timeout=30, security=_configured_security())
         except BrokerError as exc:
             problem = f"KAFKA_BOOTSTRAP_SERVERS is set but unusable: {exc}"
         if problem is not None:  # failed outside the except block: no chained traceback
@@ -90,13 +96,13 @@ def topic_factory(kafka_bootstrap: str) -> Iterator[TopicFactory]:
 
     def make(partitions: int = 1, *, prefix: str = "test") -> str:
         name = f"{prefix}-{uuid.uuid4().hex}"
-        ensure_topics(kafka_bootstrap, [name], partitions)
+        ensure_topics(kafka_bootstrap, [name], partitions, security=_configured_security())
         created.append(name)
         return name
 
     yield make
     if created:
-        delete_topics(kafka_bootstrap, created)
+        delete_topics(kafka_bootstrap, created, security=_configured_security())
 
 
 @pytest.fixture
@@ -116,6 +122,7 @@ def kafka_producer(kafka_bootstrap: str) -> Iterator[Any]:
         max_request_size=2_000_000,
         allow_auto_create_topics=False,
         max_block_ms=15_000,
+        **kafka_python_kwargs(_configured_security()),
     )
     try:
         yield producer

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from kafka.consumer.fetcher import ConsumerRecord
 
 from stream_worker.devtools.replay import assigned_consumer
+from stream_worker.kafka_security import KafkaSecurity
 
 __all__ = ["TopicFactory", "consume_all"]
 
@@ -15,7 +16,14 @@ __all__ = ["TopicFactory", "consume_all"]
 TopicFactory = Callable[..., str]
 
 
-def consume_all(bootstrap: str, topic: str, expected: int, timeout: float) -> list[ConsumerRecord]:
+def consume_all(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout: float,
+    *,
+    security: KafkaSecurity | None = None,
+) -> list[ConsumerRecord]:
     """Read ``topic`` from the beginning of every partition until ``expected`` records or timeout.
 
     No consumer group (:func:`assigned_consumer`): no join delay and no committed offset left
@@ -25,7 +33,7 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout: float) -> li
     """
     deadline = time.monotonic() + timeout
     consumer, assigned = assigned_consumer(
-        bootstrap, topic, wait_seconds=timeout, client_id="tests-consume-all"
+        bootstrap, topic, wait_seconds=timeout, client_id="tests-consume-all", security=security
     )
     try:
         records: list[ConsumerRecord] = []

@@ -11,3 +11,7 @@ class DataError(TrainerError):
 
 class RegistryError(TrainerError):
     """The MLflow tracking server or model registry cannot be used."""
+
+
+class CredentialsError(RegistryError):
+    """The tracking server refused the MLflow credentials: a retry would be refused again."""

