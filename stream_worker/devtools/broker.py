@@ -205,7 +205,109 @@ def _http(method: str, url: str, timeout: float) -> int:
         return int(exc.code)
 
 
-class DurableStorage:
+class _OwnedProcess:
+    """A child process on a loopback port, owned by this object: spawned with its output
+    captured, stopped (SIGTERM, then SIGKILL) by :meth:`_stop_process` or when the object is
+    collected. The common part of :class:`DurableStorage` and :class:`LocalBroker`."""
+
+    #: How the process is named in logs and errors.
+    NAME = "process"
+
+    def __init__(self, port: int | None, stop_timeout: float) -> None:
+        if port is not None and not 0 < port < 65536:
+            raise BrokerError(f"invalid port {port}")
+        self._port = port
+        self._stop_timeout = stop_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._output: IO[bytes] | None = None
+        self._output_start = 0
+        self._finalizer: weakref.finalize[..., _OwnedProcess] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise BrokerError(f"{type(self).__name__} has no port yet: call start() first")
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running process, None when it is not running."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def output_tail(self) -> str:
+        """The process's last lines of output."""
+        return _read_tail(self._output, self._output_start)
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _popen(
+        self, command: list[str], env: dict[str, str], output: IO[bytes], stdout: IO[bytes] | int
+    ) -> subprocess.Popen[bytes]:
+        """Spawn ``command`` (stderr to ``output``) and make this object its owner."""
+        try:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=output, env=env
+            )
+        except OSError as exc:
+            output.close()
+            raise BrokerError(f"cannot run {self.NAME} {command[0]!r}: {one_line(exc)}") from exc
+        self._process, self._output = process, output
+        self._finalizer = weakref.finalize(
+            self, _shutdown, process, output, self._stop_timeout, self.NAME
+        )
+        log.debug("started %s pid %d: %s", self.NAME, process.pid, " ".join(command))
+        return process
+
+    def _stop_process(self) -> None:
+        finalizer, self._finalizer = self._finalizer, None
+        self._process, self._output = None, None
+        if finalizer is not None:
+            finalizer()
+
+    def _exit_reason(self) -> str | None:
+        raise NotImplementedError
+
+    def _wait_until_listening(self, deadline: float, timeout: float, interval: float) -> None:
+        """Wait until *our* process holds the listening socket on our port.
+
+        Without this, a process that lost the race for its port could look ready because
+        someone else's answers on that port.
+        """
+        process, port = self._process, self.port
+        assert process is not None
+        while True:
+            if (reason := self._exit_reason()) is not None:
+                raise BrokerError(reason)
+            if _listens(process.pid, port):
+                return
+            if time.monotonic() >= deadline:
+                raise BrokerError(
+                    f"{self.NAME} pid {process.pid} did not listen on {LOOPBACK}:{port} "
+                    f"within {timeout:g}s"
+                )
+            time.sleep(interval)
+
+
+class DurableStorage(_OwnedProcess):
     """Tansu's S3 storage engine: moto's S3 server on ``127.0.0.1``, owned by this process.
 
     Give it to :class:`LocalBroker` (``LocalBroker(storage=DurableStorage())``): the broker
@@ -228,6 +330,7 @@ class DurableStorage:
         python: interpreter that runs ``-m moto.server``; by default this one.
     """
 
+    NAME = "moto"
     RECORDING = "s3-requests.jsonl"
     LOG = "moto.log"
 
@@ -243,24 +346,11 @@ class DurableStorage:
     ) -> None:
         if not _BUCKET_NAME.fullmatch(bucket):
             raise BrokerError(f"invalid S3 bucket name {bucket!r}")
-        if port is not None and not 0 < port < 65536:
-            raise BrokerError(f"invalid port {port}")
+        super().__init__(port, stop_timeout)
         self._data_dir = Path(data_dir) if data_dir is not None else None
         self._bucket = bucket
-        self._port = port
         self._startup_timeout = startup_timeout
-        self._stop_timeout = stop_timeout
         self._python = python
-        self._process: subprocess.Popen[bytes] | None = None
-        self._output: IO[bytes] | None = None
-        self._output_start = 0
-        self._finalizer: weakref.finalize[..., DurableStorage] | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise BrokerError("DurableStorage has no port yet: call start() first")
-        return self._port
 
     @property
     def endpoint(self) -> str:
@@ -280,14 +370,6 @@ class DurableStorage:
     def recording(self) -> Path | None:
         """The file moto records every request to, None without ``data_dir``."""
         return self._data_dir / self.RECORDING if self._data_dir is not None else None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     def broker_env(self) -> dict[str, str]:
         """The ``AWS_*`` variables Tansu's S3 engine needs to reach this storage."""
@@ -329,41 +411,16 @@ class DurableStorage:
 
     def stop(self) -> None:
         """Terminate moto (SIGTERM, SIGKILL after ``stop_timeout``); idempotent."""
-        finalizer, self._finalizer = self._finalizer, None
-        self._process, self._output = None, None
-        if finalizer is not None:
-            finalizer()
-
-    def output_tail(self) -> str:
-        """moto's last lines of output."""
-        return _read_tail(self._output, self._output_start)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._stop_process()
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.running else "stopped"
         return f"DurableStorage({self.storage_engine}, port={self._port}, {state})"
 
     def _spawn(self) -> None:
-        command = moto_command(self.port, self._python)
-        env = moto_environment(os.environ, self.recording)
         output = self._open_output()
-        try:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=output, stderr=output, env=env
-            )
-        except OSError as exc:
-            output.close()
-            raise BrokerError(f"cannot run moto's S3 server: {one_line(exc)}") from exc
-        self._process, self._output = process, output
-        self._finalizer = weakref.finalize(
-            self, _shutdown, process, output, self._stop_timeout, "moto"
-        )
-        log.debug("started moto pid %d: %s", process.pid, " ".join(command))
+        env = moto_environment(os.environ, self.recording)
+        self._popen(moto_command(self.port, self._python), env, output, output)
 
     def _open_output(self) -> IO[bytes]:
         if self._data_dir is None:
@@ -390,20 +447,18 @@ class DurableStorage:
 
     def _wait_until_ready(self, deadline: float) -> None:
         """Our process holds the port, then moto's own API answers HTTP."""
-        process, port = self._process, self.port
-        assert process is not None
+        self._wait_until_listening(deadline, self._startup_timeout, _POLL_SECONDS * 5)
         while True:
             if (reason := self._exit_reason()) is not None:
                 raise BrokerError(reason)
-            if _listens(process.pid, port):
-                try:
-                    if _http("GET", f"{self.endpoint}/moto-api/", timeout=2.0) == 200:
-                        return
-                except OSError:
-                    pass
+            try:
+                if _http("GET", f"{self.endpoint}/moto-api/", timeout=2.0) == 200:
+                    return
+            except OSError:
+                pass
             if time.monotonic() >= deadline:
                 raise BrokerError(
-                    f"moto pid {process.pid} did not answer on {self.endpoint} within "
+                    f"moto pid {self.pid} did not answer on {self.endpoint} within "
                     f"{self._startup_timeout:g}s"
                 )
             time.sleep(_POLL_SECONDS * 5)
@@ -434,7 +489,7 @@ class DurableStorage:
             raise BrokerError(f"cannot create the S3 bucket {url}: HTTP {status}")
 
 
-class LocalBroker:
+class LocalBroker(_OwnedProcess):
     """A Tansu Kafka broker on ``127.0.0.1``, owned by this process.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`. With memory storage
@@ -458,6 +513,8 @@ class LocalBroker:
         client_security: the security settings a client needs at ``advertised_port``.
     """
 
+    NAME = "Tansu"
+
     def __init__(
         self,
         port: int | None = None,
@@ -470,43 +527,21 @@ class LocalBroker:
         advertised_port: int | None = None,
         client_security: KafkaSecurity | None = None,
     ) -> None:
-        if port is not None and not 0 < port < 65536:
-            raise BrokerError(f"invalid port {port}")
-        self._port = port
+        super().__init__(port, stop_timeout)
         self._log_path = Path(log_path) if log_path is not None else None
         self._startup_timeout = startup_timeout
-        self._stop_timeout = stop_timeout
         self._binary = os.fspath(binary) if binary is not None else None
         self._storage = storage
         self._advertised_port = advertised_port
         self._client_security = client_security
         self._owns_storage = False
-        self._process: subprocess.Popen[bytes] | None = None
-        self._output: IO[bytes] | None = None
-        self._output_start = 0
-        self._finalizer: weakref.finalize[..., LocalBroker] | None = None
 
     # -- public surface -------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise BrokerError("LocalBroker has no port yet: call start() first")
-        return self._port
 
     @property
     def bootstrap(self) -> str:
         """``"127.0.0.1:PORT"``, the address to give Kafka clients."""
         return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of the running broker, None when it is not running."""
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     @property
     def storage(self) -> DurableStorage | None:
@@ -573,21 +608,6 @@ class LocalBroker:
             self._owns_storage = False
             self._storage.stop()
 
-    def output_tail(self) -> str:
-        """The broker's last lines of output (stderr, plus stdout when logging to a file)."""
-        return _read_tail(self._output, self._output_start)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.running else "stopped"
         engine = self._storage.storage_engine if self._storage is not None else STORAGE_ENGINE
@@ -627,32 +647,14 @@ class LocalBroker:
             time.monotonic() - began,
         )
 
-    def _stop_process(self) -> None:
-        finalizer, self._finalizer = self._finalizer, None
-        self._process, self._output = None, None
-        if finalizer is not None:
-            finalizer()
-
     def _spawn(self, binary: str) -> subprocess.Popen[bytes]:
         """Start the process (Tansu's own settings dropped from its environment)."""
-        command = self._command(binary)
-        env = self._environment()
         output, stdout = self._open_output()
-        try:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=output, env=env
-            )
-        except OSError as exc:
-            output.close()
-            raise BrokerError(f"cannot run the Tansu binary {binary!r}: {one_line(exc)}") from exc
-        self._process, self._output = process, output
-        self._finalizer = weakref.finalize(self, _shutdown, process, output, self._stop_timeout)
-        log.debug("started Tansu pid %d: %s", process.pid, " ".join(command))
-        return process
+        return self._popen(self._command(binary), self._environment(), output, stdout)
 
     def _wait_until_ready(self, deadline: float) -> None:
         """Our process holds the listening socket, then the broker answers Kafka requests."""
-        self._wait_until_listening(deadline)
+        self._wait_until_listening(deadline, self._startup_timeout, _POLL_SECONDS)
         advertised = f"{LOOPBACK}:{self._advertised_port}" if self._advertised_port else None
         wait_for_kafka(
             advertised or self.bootstrap,
@@ -691,26 +693,6 @@ class LocalBroker:
         else:
             reason = f"Tansu exited with status {code} before answering on {self.bootstrap}"
         return _with_tail(reason, tail)
-
-    def _wait_until_listening(self, deadline: float) -> None:
-        """Wait until *our* process holds the listening socket.
-
-        Without this, a broker that lost the race for its port could look ready because
-        someone else's broker answers on that port.
-        """
-        process, port = self._process, self.port
-        assert process is not None
-        while True:
-            if (reason := self._exit_reason()) is not None:
-                raise BrokerError(reason)
-            if _listens(process.pid, port):
-                return
-            if time.monotonic() >= deadline:
-                raise BrokerError(
-                    f"Tansu pid {process.pid} did not listen on {self.bootstrap} within "
-                    f"{self._startup_timeout:g}s"
-                )
-            time.sleep(_POLL_SECONDS)
 
     def _startup_failure(self, exc: BrokerError) -> str:
         message = str(exc)
