@@ -7,6 +7,7 @@ run ends, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +40,13 @@ class BenchOptions:
     two_workers: bool = True
     capture: bool = True
     tracking_uri: str | None = None
+    #: ``quick``, ``default`` or ``models:/NAME@ALIAS``; None: ``default``, or the champion of
+    #: ``tracking_uri`` when one is given (see :mod:`.model`).
+    model: str | None = None
+    #: Offered rates of the latency curve (``N%``: of the process's measured maximum).
+    curve_rates: str = "1000,2000,5000,10000,80%"
+    #: Run the traced worker for the per-stage latency breakdown.
+    breakdown: bool = True
     json_path: Path = Path("bench/latest.json")
     workdir: Path = Path(".bench")
     profile: Path | None = None
@@ -56,6 +64,8 @@ class BenchRun:
         self.broker = LocalBroker(log_path=self.work / "broker.log")
         self.started: list[ManagedProcess] = []
         self.tracking_uri = ""
+        self.model_name = self.settings.model_name
+        self.model_alias = self.settings.model_alias
         self.records: list[dict[str, Any]] = []
 
     @property
@@ -78,6 +88,8 @@ class BenchRun:
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "SCORER_MODEL_NAME": self.model_name,
+            "SCORER_MODEL_ALIAS": self.model_alias,
             "SCORER_INPUT_TOPIC": topics[0],
             "SCORER_OUTPUT_TOPIC": topics[1],
             "SCORER_DLQ_TOPIC": topics[2],
@@ -111,6 +123,28 @@ class BenchRun:
         return ManagedProcess(
             name,
             [console_script("stream-worker"), "passthrough", "--web-port", str(port)],
+            f"http://{LOOPBACK}:{port}/health",
+            self.logs / f"{name}.log",
+            env=dict(env),
+        )
+
+    def forwarder(self, env: dict[str, str], name: str) -> ManagedProcess:
+        """The raw aiokafka forwarder (:mod:`..forwarder`), input to output unchanged."""
+        port = free_port()
+        return ManagedProcess(
+            name,
+            [console_script("stream-worker"), "forward", "--web-port", str(port)],
+            f"http://{LOOPBACK}:{port}/health",
+            self.logs / f"{name}.log",
+            env=dict(env),
+        )
+
+    def traced_worker(self, env: dict[str, str], name: str) -> ManagedProcess:
+        """``stream-worker run`` with per-stage timestamps on a sample (:mod:`.trace`)."""
+        port = free_port()
+        return ManagedProcess(
+            name,
+            [sys.executable, "-m", "stream_worker.devtools.bench.trace", "--web-port", str(port)],
             f"http://{LOOPBACK}:{port}/health",
             self.logs / f"{name}.log",
             env=dict(env),

@@ -1,5 +1,6 @@
-"""The phases that run worker processes: (a) throughput, (b) pass-through, (c) latency, and
-(a) again with the capture process archiving alongside.
+"""The phases that run worker processes: (a) throughput, (b) pass-through and the raw
+forwarder, and (a) again with the capture process archiving alongside; the pieces the
+latency phases (:mod:`.latency`) share: the arrival clock, read-back and percentiles.
 
 Each phase gets fresh topics and its own consumer group (:meth:`BenchRun.phase_env`).
 Progress is read from the processes' own HTTP endpoints (cheap, so they keep the CPU);
@@ -22,7 +23,7 @@ import numpy as np
 from stream_worker.devtools.bench.context import BenchRun
 from stream_worker.devtools.bench.profiler import profiling
 from stream_worker.devtools.bench.sysinfo import CpuMeter, peak_rss_mb
-from stream_worker.devtools.processes import ManagedProcess, console_script
+from stream_worker.devtools.processes import ManagedProcess
 from stream_worker.devtools.replay import assigned_consumer
 from stream_worker.exceptions import ScorerError
 
@@ -85,6 +86,15 @@ def passthrough_phase(run: BenchRun) -> ThroughputResult:
         return [run.launch(run.passthrough(env, "passthrough"))]
 
     return _drain(run, "passthrough", start, forwarded, "forwarded", None)
+
+
+def forwarder_phase(run: BenchRun) -> ThroughputResult:
+    """The same N records through the raw aiokafka forwarder (:mod:`...forwarder`)."""
+
+    def start(env: dict[str, str]) -> list[ManagedProcess]:
+        return [run.launch(run.forwarder(env, "forwarder"))]
+
+    return _drain(run, "forwarder", start, forwarded, "forwarded", None)
 
 
 def _drain(
@@ -214,7 +224,7 @@ def scored(proc: ManagedProcess) -> int:
 
 
 def forwarded(proc: ManagedProcess) -> int:
-    """Records the pass-through agent has forwarded so far (its ``/stats``)."""
+    """Records the pass-through agent or the forwarder has forwarded so far (``/stats``)."""
     text = _get(proc, "/stats")
     return int(json.loads(text)["forwarded"]) if text else 0
 
@@ -326,50 +336,6 @@ class ArrivalClock(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=30)
-
-
-def latency_phase(run: BenchRun) -> LatencyResult:
-    """Offer ``rate`` records/s to a fresh worker; Kafka timestamp in → prediction arrival.
-
-    Input timestamps are read back from the input topic: the Kafka timestamp of each input
-    record, set by the producer when it sends.
-    """
-    total = max(1, round(run.opts.rate * run.opts.latency_seconds))
-    with run.phase_env("latency") as env:
-        proc = run.launch(run.worker(env, "latency-worker"))
-        clock = ArrivalClock(run.bootstrap, env["SCORER_OUTPUT_TOPIC"])
-        try:
-            proc.wait_ready(START_TIMEOUT)
-            clock.start()
-            clock.ready.wait(60)
-            if clock.error is not None:
-                raise ScorerError(f"cannot consume {clock.topic}: {clock.error}")
-            _offer(run, env, total)
-            wait_for(lambda: len(clock.arrivals), total, [proc], "predictions arrived")
-            rss = peak_rss_mb(proc.pid)
-        finally:
-            clock.stop()
-            run.stop(proc)
-        sent, _ = first_timestamps(run.bootstrap, env["SCORER_INPUT_TOPIC"], total)
-    return latency_figures(sent, clock.arrivals, rss)
-
-
-def _offer(run: BenchRun, env: dict[str, str], total: int) -> None:
-    """``total`` records at the offered rate, from a separate producer process.
-
-    A separate process (``stream-worker produce --rate``, i.e. ``replay.produce``) so that it
-    does not share this interpreter's GIL with the thread that notes arrivals.
-    """
-    opts = run.opts
-    argv = [console_script("stream-worker"), "produce", "--rate", f"{opts.rate:g}"]
-    argv += ["--limit", str(total)]
-    log_path = run.logs / "latency-producer.log"
-    producer = run.launch(ManagedProcess("latency-producer", argv, None, log_path, env))
-    assert producer.process is not None
-    code = producer.process.wait(timeout=opts.latency_seconds * 4 + 120)
-    run.stop(producer)
-    if code != 0:
-        raise ScorerError(f"the latency producer failed: {producer.tail()}")
 
 
 def latency_figures(

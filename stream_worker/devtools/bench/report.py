@@ -12,6 +12,10 @@ GOAL_RPS = 20_000.0
 TARGET_PASSTHROUGH_RATIO = 0.8
 TARGET_SPEEDUP = 50.0
 TARGET_P99_MS = 50.0
+#: One worker against the raw aiokafka forwarder in the same run (DESIGN.md).
+TARGET_FORWARDER_RATIO = 0.6
+#: The worker's p99 at the offered rate against the forwarder's in the same run.
+TARGET_P99_VS_FORWARDER = 1.5
 #: (f): the worker with the capture alongside keeps this share of its (a) throughput.
 TARGET_CAPTURE_RATIO = 0.9
 
@@ -25,12 +29,16 @@ def derive(result: dict[str, Any]) -> None:
     rps = float(result["throughput_rps"])
     result["speedup"] = round(rps / result["naive_rps"], 1)
     result["ratio_to_passthrough"] = round(rps / result["passthrough_rps"], 3)
+    result["ratio_to_forwarder"] = round(rps / result["forwarder_rps"], 3)
+    result["p99_vs_forwarder"] = round(result["p99_ms"] / max(result["forwarder_p99_ms"], 1e-3), 2)
     result["targets"] = {
         "throughput_ge_10k": rps >= TARGET_RPS,
         "throughput_ge_20k_goal": rps >= GOAL_RPS,
         "passthrough_ratio_ge_0_8": result["ratio_to_passthrough"] >= TARGET_PASSTHROUGH_RATIO,
         "speedup_ge_50x": result["speedup"] >= TARGET_SPEEDUP,
         "p99_le_50ms": result["p99_ms"] <= TARGET_P99_MS,
+        "forwarder_ratio_ge_0_6": result["ratio_to_forwarder"] >= TARGET_FORWARDER_RATIO,
+        "p99_le_1_5x_forwarder": result["p99_vs_forwarder"] <= TARGET_P99_VS_FORWARDER,
     }
     capture_rps = result.get("capture_on_rps")
     result["capture_ratio"] = round(capture_rps / rps, 3) if capture_rps else None
@@ -55,7 +63,34 @@ def table(r: dict[str, Any]) -> list[str]:
         lines.append(f"  {name:<{width}}  {value:>26}  {target:<22} {verdict}")
     shares = ", ".join(f"{k} {v:.0%}" for k, v in r["cost_share"].items())
     lines.append(f"  cost share of process(): {shares}")
+    lines.extend(_breakdown_lines(r.get("latency_breakdown")))
+    lines.extend(_curve_lines(r.get("latency_curve") or {}))
+    imports = r.get("worker_import_rss_mb") or {}
+    if imports:
+        parts = ", ".join(f"{k} {v:,.0f}" for k, v in imports.items() if k != "total")
+        lines.append(f"  import-time RSS {imports['total']:,.0f} MiB: {parts}")
     lines.append(f"  all bars met: {_yes(r['targets_met'])}")
+    return lines
+
+
+def _breakdown_lines(breakdown: dict[str, Any] | None) -> list[str]:
+    if not breakdown or not breakdown.get("stages"):
+        return []
+    lines = [f"  latency breakdown, {breakdown['samples']} sampled records (p50 / p99 ms):"]
+    for stage, v in breakdown["stages"].items():
+        lines.append(f"    {stage:<22} {v['p50_ms']:>8.2f} / {v['p99_ms']:>8.2f}")
+    return lines
+
+
+def _curve_lines(curve: dict[str, list[dict[str, float]]]) -> list[str]:
+    lines = []
+    for name, points in curve.items():
+        lines.append(f"  latency curve, {name} (offered: p50 / p95 / p99 / max ms):")
+        for p in points:
+            lines.append(
+                f"    {p['offered_rps']:>8,.0f}/s ({p['achieved_rps']:,.0f}): {p['p50_ms']:.1f} / "
+                f"{p['p95_ms']:.1f} / {p['p99_ms']:.1f} / {p['max_ms']:.1f}"
+            )
     return lines
 
 
@@ -69,15 +104,33 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ("(b) Faust pass-through", f"{r['passthrough_rps']:,.0f} records/s", "", ""),
         ("    CPU agent / broker", cpu_cores(r.get("passthrough_cpu_cores")), "", ""),
         ("    ratio to pass-through", f"{r['ratio_to_passthrough']:.2f}×", "≥ 0.8×", _yes(t["passthrough_ratio_ge_0_8"])),  # noqa: E501
+        ("(b') raw aiokafka forwarder", f"{r['forwarder_rps']:,.0f} records/s", "", ""),
+        ("    CPU forwarder / broker", cpu_cores(r.get("forwarder_cpu_cores")), "", ""),
+        ("    ratio to forwarder", f"{r['ratio_to_forwarder']:.2f}×", "≥ 0.6×", _yes(t["forwarder_ratio_ge_0_6"])),  # noqa: E501
         ("(d) naive one-record scorer", f"{r['naive_rps']:,.0f} records/s", "", ""),
         ("    speedup over naive", f"{r['speedup']:,.1f}×", "≥ 50×", _yes(t["speedup_ge_50x"])),
         ("(c) latency p50 / p95", f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} ms", "", ""),
         ("    latency p99 / max", f"{r['p99_ms']:.1f} / {r['max_ms']:.1f} ms", "p99 ≤ 50 ms", _yes(t["p99_le_50ms"])),  # noqa: E501
+        ("    forwarder p50 / p99", f"{r['forwarder_p50_ms']:.1f} / {r['forwarder_p99_ms']:.1f} ms", "", ""),  # noqa: E501
+        ("    worker p99 / forwarder p99", f"{r['p99_vs_forwarder']:.2f}×", "≤ 1.5×", _yes(t["p99_le_1_5x_forwarder"])),  # noqa: E501
         ("    offered / achieved", f"{r['offered_rps']:,.0f} / {r['achieved_offered_rps']:,.0f} records/s", "", ""),  # noqa: E501
         ("(e) worker peak RSS", f"{r['worker_rss_mb']:,.0f} MiB", "", ""),
+        *_optional_rows(r),
         ("two workers, one group", two, "", ""),
         ("BatchScorer.process alone", f"{r['scoring_only_rps']:,.0f} records/s", "", ""),
     ]  # fmt: skip
+
+
+def _optional_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The RSS once ready and the model's size, when the run measured them."""
+    rows = []
+    if r.get("worker_ready_rss_mb"):
+        rows.append(
+            ("    RSS once ready (model loaded)", f"{r['worker_ready_rss_mb']:,.0f} MiB", "", "")
+        )
+    if r.get("model_trees"):
+        rows.append(("model served", f"{r.get('model')}, {r['model_trees']:,} trees", "", ""))
+    return rows
 
 
 def _capture_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -74,3 +74,56 @@ def cpu_info() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     return f"{model}, {os.cpu_count()} cores"
+
+
+#: What a worker imports before its first record, in the order measured (cumulative).
+IMPORT_STEPS = (
+    ("numpy", "import numpy"),
+    ("xgboost", "import xgboost"),
+    ("faust_aiokafka", "import faust, aiokafka"),
+    ("mlflow", "import mlflow"),
+    ("worker", "import stream_worker.runtime.worker, stream_worker.model_watcher"),
+)
+
+_IMPORT_SCRIPT = """
+import json, re, sys
+def rss():
+    text = open('/proc/self/status').read()
+    return int(re.search(r'^VmRSS:\\s+(\\d+) kB', text, re.M).group(1)) / 1024.0
+out = [('python', rss())]
+for name, stmt in json.loads(sys.argv[1]):
+    exec(stmt)
+    out.append((name, rss()))
+print(json.dumps(out))
+"""
+
+
+def import_rss_mb() -> dict[str, float]:
+    """RSS (MiB) each step of a worker's imports adds, in a fresh interpreter, and the total.
+
+    ``python`` is the bare interpreter; each later step what its imports add to the ones
+    before (so a library shared by two steps counts in the first).
+    """
+    import itertools
+    import json
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-c", _IMPORT_SCRIPT, json.dumps(IMPORT_STEPS)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True)
+    steps = json.loads(done.stdout.strip().splitlines()[-1])
+    shares = {steps[0][0]: round(steps[0][1], 1)}
+    for (_, before), (name, after) in itertools.pairwise(steps):
+        shares[name] = round(after - before, 1)
+    shares["total"] = round(steps[-1][1], 1)
+    return shares
+
+
+def rss_mb(pid: int | None) -> float:
+    """VmRSS (current resident set) of a running process, in MiB; 0.0 when it cannot be read."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return round(int(match.group(1)) / 1024.0, 1) if match else 0.0

@@ -17,6 +17,8 @@ def _measured(**changes: Any) -> dict[str, Any]:
         "scoring_only_rps": 157_756.1, "two_worker_rps": None,
         "throughput_cpu_cores": {"broker": 0.06, "throughput-worker-0": 0.99},
         "passthrough_cpu_cores": {"broker": 0.04, "passthrough": 0.94},
+        "forwarder_rps": 30_000.0, "forwarder_p50_ms": 8.0, "forwarder_p99_ms": 30.0,
+        "forwarder_cpu_cores": {"broker": 0.1, "forwarder": 0.8},
         "cost_share": {"decode": 0.145, "encode_predict": 0.39, "drift": 0.149,
                        "metrics": 0.035, "emit_other": 0.281},
         "capture_on_rps": 18_000.0, "capture_archive_s": 9.25, "capture_tail_s": 3.5,

@@ -91,6 +91,8 @@ def _measured(**changes: Any) -> dict[str, Any]:
         "scoring_only_rps": 157_756.1, "two_worker_rps": None,
         "throughput_cpu_cores": {"broker": 0.06, "throughput-worker-0": 0.99},
         "passthrough_cpu_cores": {"broker": 0.04, "passthrough": 0.94},
+        "forwarder_rps": 30_000.0, "forwarder_p50_ms": 8.0, "forwarder_p99_ms": 30.0,
+        "forwarder_cpu_cores": {"broker": 0.1, "forwarder": 0.8},
         "cost_share": {"decode": 0.145, "encode_predict": 0.39, "drift": 0.149,
                        "metrics": 0.035, "emit_other": 0.281},
     }  # fmt: skip
@@ -101,15 +103,19 @@ def _measured(**changes: Any) -> dict[str, Any]:
 def test_derive_at_exactly_every_bar_meets_them_all() -> None:
     result = _measured()
     report.derive(result)
-    # 20,000 / 400 = 50×; 20,000 / 25,000 = 0.8; p99 40 ≤ 50.
+    # 20,000 / 400 = 50×; 20,000 / 25,000 = 0.8; p99 40 ≤ 50; 20,000 / 30,000 = 0.667 ≥ 0.6;
+    # p99 40 / 30 = 1.33 ≤ 1.5.
     assert result["speedup"] == 50.0
     assert result["ratio_to_passthrough"] == 0.8
+    assert (result["ratio_to_forwarder"], result["p99_vs_forwarder"]) == (0.667, 1.33)
     assert result["targets"] == {
         "throughput_ge_10k": True,
         "throughput_ge_20k_goal": True,
         "passthrough_ratio_ge_0_8": True,
         "speedup_ge_50x": True,
         "p99_le_50ms": True,
+        "forwarder_ratio_ge_0_6": True,
+        "p99_le_1_5x_forwarder": True,
     }
     assert result["targets_met"] is True
 
@@ -117,27 +123,32 @@ def test_derive_at_exactly_every_bar_meets_them_all() -> None:
 def test_derive_below_the_bars() -> None:
     result = _measured(throughput_rps=15_000.0, naive_rps=600.0, p99_ms=50.5)
     report.derive(result)
-    # 15,000 / 600 = 25×; 15,000 / 25,000 = 0.6.
+    # 15,000 / 600 = 25×; 15,000 / 25,000 = 0.6; 15,000 / 30,000 = 0.5; 50.5 / 30 = 1.68.
     assert (result["speedup"], result["ratio_to_passthrough"]) == (25.0, 0.6)
+    assert (result["ratio_to_forwarder"], result["p99_vs_forwarder"]) == (0.5, 1.68)
     assert result["targets"] == {
         "throughput_ge_10k": True,
         "throughput_ge_20k_goal": False,
         "passthrough_ratio_ge_0_8": False,
         "speedup_ge_50x": False,
         "p99_le_50ms": False,
+        "forwarder_ratio_ge_0_6": False,
+        "p99_le_1_5x_forwarder": False,
     }
     assert result["targets_met"] is False
 
 
 def test_the_throughput_goal_is_not_a_bar() -> None:
-    result = _measured(throughput_rps=12_000.0, naive_rps=200.0, passthrough_rps=10_000.0)
+    result = _measured(
+        throughput_rps=12_000.0, naive_rps=200.0, passthrough_rps=10_000.0, forwarder_rps=20_000.0
+    )
     report.derive(result)
     assert result["targets"]["throughput_ge_20k_goal"] is False
     assert result["targets_met"] is True
 
 
 def test_table_rows() -> None:
-    result = _measured(two_worker_rps=61_957.9)
+    result = _measured(two_worker_rps=61_957.9, worker_ready_rss_mb=350.2, model_trees=700)
     report.derive(result)
     lines = report.table(result)
     assert lines[1] == "records 100,000  ·  Test CPU, 2 cores  ·  commit 0123456789ab"
@@ -149,12 +160,19 @@ def test_table_rows() -> None:
         "(b) Faust pass-through 25,000 records/s",
         "CPU agent / broker 0.94 / 0.04 cores",
         "ratio to pass-through 0.80× ≥ 0.8× yes",
+        "(b') raw aiokafka forwarder 30,000 records/s",
+        "CPU forwarder / broker 0.80 / 0.10 cores",
+        "ratio to forwarder 0.67× ≥ 0.6× yes",
         "(d) naive one-record scorer 400 records/s",
         "speedup over naive 50.0× ≥ 50× yes",
         "(c) latency p50 / p95 10.0 / 20.0 ms",
         "latency p99 / max 40.0 / 80.0 ms p99 ≤ 50 ms yes",
+        "forwarder p50 / p99 8.0 / 30.0 ms",
+        "worker p99 / forwarder p99 1.33× ≤ 1.5× yes",
         "offered / achieved 2,000 / 2,000 records/s",
         "(e) worker peak RSS 403 MiB",
+        "RSS once ready (model loaded) 350 MiB",
+        "model served None, 700 trees",
         "two workers, one group 61,958 records/s",
         "BatchScorer.process alone 157,756 records/s",
     ]
