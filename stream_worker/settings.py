@@ -8,7 +8,7 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream_worker.kafka_security import KafkaSecurity
-from stream_worker.runtime.tuning import PRODUCER_MAX_REQUEST_BYTES
+from stream_worker.runtime.tuning import FETCH_MAX_WAIT_MS, PRODUCER_MAX_REQUEST_BYTES
 
 
 def _standard(name: str, default: str) -> Any:
@@ -37,6 +37,9 @@ class WorkerSettings(BaseSettings):
     model_alias: str = "champion"
     batch_max: int = Field(default=2000, ge=1)
     batch_window_seconds: float = Field(default=0.005, gt=0)
+    # How long a fetch may wait for records: short for latency. Tansu's S3 storage
+    # (`broker --durable`) answers fetches this short empty; give it 500.
+    fetch_max_wait_ms: int = Field(default=FETCH_MAX_WAIT_MS, ge=1, le=10_000)
     reload_interval_seconds: float = Field(default=10.0, gt=0)
     drift_window: int = Field(default=5000, ge=100)
     # PSI is published only once the drift window holds this many scored records: a fresh

@@ -89,6 +89,7 @@ def build_worker(
         queue,
         drain_pending=functools.partial(unacked.drain, tuning.DRAIN_TIMEOUT_SECONDS),
         resume_pending=unacked.reopen,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
 
     _schedule(ctx, consumer, unacked)

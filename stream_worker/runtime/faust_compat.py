@@ -151,7 +151,7 @@ class _LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type:
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Faust hard-codes fetch_max_wait_ms=1500; aiokafka reads this attribute at start.
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        consumer._fetch_max_wait_ms = getattr(self.consumer, "fetch_max_wait_ms", FETCH_MAX_WAIT_MS)
         return consumer
 
 
@@ -173,6 +173,8 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
 
     #: Set by ``install_low_latency_consumer``: True while the hand-off cannot block.
     handoff_cannot_block: Callable[[], bool] | None = None
+    #: How long a fetch may wait for records (``SCORER_FETCH_MAX_WAIT_MS``).
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
 
     def _new_consumer_thread(self) -> Any:
         return _LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -282,6 +284,7 @@ def install_low_latency_consumer(
     queue: asyncio.Queue[Any],
     drain_pending: Callable[[], Awaitable[bool]] | None = None,
     resume_pending: Callable[[], None] | None = None,
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
 ) -> None:
     """Make ``app`` create its consumer as a :class:`LowLatencyConsumer` (before it starts).
 
@@ -293,7 +296,11 @@ def install_low_latency_consumer(
     """
     flow_control = app.flow_control
 
+    wait_ms = fetch_max_wait_ms
+
     class _Consumer(LowLatencyConsumer):
+        fetch_max_wait_ms = wait_ms
+
         @staticmethod
         def handoff_cannot_block() -> bool:
             return bool(flow_control.is_active()) and not queue.full()

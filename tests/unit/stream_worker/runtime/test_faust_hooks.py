@@ -164,3 +164,20 @@ def test_faust_stream_consumer_reads_generation_and_flow_from_the_app(tmp_path: 
         assert not stream.flow_active()
 
     run(main())
+
+
+def test_the_fetch_wait_setting_reaches_the_aiokafka_consumer(tmp_path: Path) -> None:
+    """SCORER_FETCH_MAX_WAIT_MS: Faust hard-codes 1.5 s, we default to 10 ms for latency, and
+    Tansu's S3 engine (``broker --durable``) needs ~500 ms or its fetches come back empty."""
+    settings = WorkerSettings(data_dir=str(tmp_path / "faust"), fetch_max_wait_ms=500)
+    app = faust_app(settings)
+    queue = faust_compat.subscribe(faust_compat.RawTopic(app, topics=[TOPIC], partitions=1)).queue
+    faust_compat.install_low_latency_consumer(
+        app, queue, fetch_max_wait_ms=settings.fetch_max_wait_ms
+    )
+
+    async def created() -> Any:  # aiokafka builds its consumer inside a running loop
+        return app.consumer._thread._create_worker_consumer(app.transport)
+
+    assert asyncio.run(created())._fetch_max_wait_ms == 500
+    assert WorkerSettings().fetch_max_wait_ms == 10
