@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint demo bench k8s topology clean
+.PHONY: install test lint demo bench k8s topology chaos-test reliability clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ lint: install
 
 test: lint
 	$(PY) -m pytest -n 2 --dist loadfile  # two processes, one test file each at a time
+
+# The chaos suite (tests/chaos, marked `chaos`, left out of `make test`): faults under load
+# against real processes, in a short form (about 7 minutes on 2 cores).
+chaos-test: install
+	$(PY) -m pytest -m chaos tests/chaos
+
+# Its full-length figures: docs/reliability.md and bench/reliability.json.
+reliability: install
+	$(VENV)/bin/stream-worker chaos --markdown docs/reliability.md --json bench/reliability.json
 
 demo: install
 	$(VENV)/bin/stream-worker demo
