@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import AliasChoices, AliasPath, TypeAdapter
+from pydantic import TypeAdapter
 from pydantic_settings import BaseSettings
+from settings_env import env_names
 
 from trainer.model.columns import FEATURE_COLUMNS
 
@@ -197,33 +198,6 @@ def settings_classes_of_script(entry_point: str) -> list[type[BaseSettings]]:
     ]
     assert classes, f"{module.__name__} defines no pydantic-settings class"
     return classes
-
-
-def env_names(settings_class: type[BaseSettings]) -> dict[str, str]:
-    """Every environment name the class reads (upper-cased) -> the field it sets.
-
-    Mirrors pydantic-settings: a field with a validation alias is read under the alias names
-    only; any other field under env_prefix + field name.
-    """
-    config = settings_class.model_config
-    prefix = config.get("env_prefix", "")
-    case_sensitive = config.get("case_sensitive", False)
-    names: dict[str, str] = {}
-    for field_name, field in settings_class.model_fields.items():
-        alias = field.validation_alias or field.alias
-        if alias is None:
-            candidates = [f"{prefix}{field_name}"]
-        elif isinstance(alias, str):
-            candidates = [alias]
-        elif isinstance(alias, AliasChoices):
-            candidates = [choice for choice in alias.choices if isinstance(choice, str)]
-        elif isinstance(alias, AliasPath):
-            candidates = [str(alias.path[0])]
-        else:  # pragma: no cover - pydantic has no other alias kinds
-            raise TypeError(f"unexpected alias {alias!r} on {settings_class.__name__}.{field_name}")
-        for name in candidates:
-            names[name if case_sensitive else name.upper()] = field_name
-    return names
 
 
 def default_stage() -> str | None:

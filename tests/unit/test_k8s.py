@@ -27,8 +27,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from packaging.version import Version
-from pydantic import AliasChoices, AliasPath, BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 from pydantic_settings import BaseSettings
+from settings_env import env_names
 
 from stream_worker.devtools import k8s
 from stream_worker.devtools.monitoring_files import alert_rules_path, dashboards
@@ -174,28 +175,6 @@ def settings_classes(command: str) -> list[type[BaseSettings]]:
         ]
     assert found, f"{package} defines no pydantic-settings class"
     return found
-
-
-def env_names(cls: type[BaseSettings]) -> dict[str, str]:
-    """Env name (upper case) -> field, as pydantic-settings reads them."""
-    prefix = cls.model_config.get("env_prefix", "")
-    names: dict[str, str] = {}
-    for field_name, field in cls.model_fields.items():
-        if inspect.isclass(field.annotation) and issubclass(field.annotation, BaseModel):
-            continue  # a nested settings object reads its own names
-        alias = field.validation_alias or field.alias
-        if alias is None:
-            candidates = [f"{prefix}{field_name}"]
-        elif isinstance(alias, str):
-            candidates = [alias]
-        elif isinstance(alias, AliasChoices):
-            candidates = [c for c in alias.choices if isinstance(c, str)]
-        elif isinstance(alias, AliasPath):
-            candidates = [str(alias.path[0])]
-        else:  # pragma: no cover - pydantic has no other alias kinds
-            raise TypeError(f"unexpected alias {alias!r} on {cls.__name__}.{field_name}")
-        names |= {c.upper(): field_name for c in candidates}
-    return names
 
 
 def mlflow_client_names() -> set[str]:
