@@ -209,7 +209,7 @@ def produce(
     stats = ProduceStats()
     started = time.perf_counter()
     try:
-        for i, rec in enumerate(_cycle(records, total, start)):
+        for i, rec in enumerate(cycled(records, total, start)):
             if rate > 0:
                 due = started + i / rate
                 delay = due - time.perf_counter()
@@ -238,7 +238,8 @@ def _follow(producer: KafkaProducer, queue: OutcomeQueue, sent: dict[str, Any]) 
     return _send_outcomes(producer, queue.plan.topic, queue.pop_due(now))
 
 
-def _cycle(records: list[dict[str, Any]], total: int, start: int = 0) -> Iterator[dict[str, Any]]:
+def cycled(records: list[dict[str, Any]], total: int, start: int = 0) -> Iterator[dict[str, Any]]:
+    """``total`` records from ``start`` on, cycling; ids get ``-rN`` from the second pass."""
     if not records:
         return
     for i in range(start, start + total):

@@ -6,6 +6,7 @@ run ends, whatever happens.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import uuid
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream_worker.devtools import replay
+from stream_worker.devtools.bench.offer import offer
 from stream_worker.devtools.broker import LocalBroker, free_port
 from stream_worker.devtools.processes import (
     LOOPBACK,
@@ -67,6 +68,9 @@ class BenchRun:
         self.model_name = self.settings.model_name
         self.model_alias = self.settings.model_alias
         self.records: list[dict[str, Any]] = []
+        #: The fastest flat-out pre-produce of the run (records/s): what one producer process
+        #: can offer here, so the latency curve never asks a producer for more.
+        self.producer_rps = 0.0
 
     @property
     def bootstrap(self) -> str:
@@ -173,6 +177,8 @@ class BenchRun:
                 self.started.remove(proc)
 
     def produce(self, topic: str, n: int) -> float:
-        """Send ``n`` of the run's records to ``topic`` flat out; the rate achieved."""
-        stats = replay.produce(self.bootstrap, topic, self.records, limit=n)
-        return stats.sent / max(stats.seconds, 1e-9)
+        """Send ``n`` of the run's records to ``topic`` flat out (the latency phases' producer,
+        :mod:`.offer`, in this process); the rate achieved."""
+        rate = asyncio.run(offer(self.bootstrap, topic, 0.0, n, records=self.records))
+        self.producer_rps = max(self.producer_rps, rate)
+        return rate

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -30,11 +32,17 @@ from stream_worker.devtools.bench.phases import (
     wait_for,
 )
 from stream_worker.devtools.bench.sysinfo import peak_rss_mb, rss_mb
-from stream_worker.devtools.processes import ManagedProcess, console_script
+from stream_worker.devtools.processes import ManagedProcess
 from stream_worker.exceptions import ConfigError, ScorerError
 
 #: The curve's rates when not given: fixed rates and a share of the process's own maximum.
 DEFAULT_CURVE = "1000,2000,5000,10000,80%"
+
+#: A producer process offering a rate paces itself; above this share of its flat-out rate it
+#: falls behind, and a step asked for more is offered at this share instead.
+PRODUCER_HEADROOM = 0.9
+#: A step whose achieved rate is below this share of the offered one was producer-limited.
+ACHIEVED_SHARE = 0.9
 
 #: The stages of the breakdown, in a record's order; each reported from the one before.
 STAGES = ("created", "fetched", "queued", "batched", "scored", "produced", "acked", "seen")
@@ -49,6 +57,8 @@ class CurvePoint:
     p95_ms: float
     p99_ms: float
     max_ms: float
+    #: The producer could not offer the rate (achieved below ``ACHIEVED_SHARE`` of it).
+    producer_limited: bool = False
 
 
 @dataclass
@@ -60,8 +70,16 @@ class CurveResult:
     trace: list[list[Any]] = field(default_factory=list)
 
 
-def curve_rates(spec: str, maximum: float, main: float) -> list[float]:
-    """``"1000,2000,80%"`` → sorted rates; ``N%`` is of ``maximum``; ``main`` always in."""
+def curve_rates(
+    spec: str, maximum: float, main: float, producer_max: float | None = None
+) -> list[float]:
+    """``"1000,2000,80%"`` → sorted rates; ``N%`` is of ``maximum``; ``main`` always in.
+
+    With ``producer_max`` (one producer process's flat-out rate), no rate exceeds
+    ``PRODUCER_HEADROOM`` of it: a faster process than the producer (the forwarder, at 80 % of
+    its maximum) is offered what a producer can pace, not a rate it would never finish.
+    """
+    ceiling = producer_max * PRODUCER_HEADROOM if producer_max else float("inf")
     rates = {float(main)}
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -71,7 +89,7 @@ def curve_rates(spec: str, maximum: float, main: float) -> list[float]:
         except ValueError:
             raise ConfigError(f"--curve-rates: {part!r} is neither a rate nor N%") from None
         if rate >= 1:
-            rates.add(round(rate))
+            rates.add(round(min(rate, max(ceiling, main))))
     return sorted(rates)
 
 
@@ -127,9 +145,9 @@ def _arrived(clock: ArrivalClock, keys: Sequence[bytes]) -> Callable[[], int]:
 
 
 def step_keys(records: list[dict[str, Any]], total: int, start: int) -> list[bytes]:
-    """The keys ``stream-worker produce --limit total --start start`` sends, in order: the
-    records cycled from ``start``, ids suffixed ``-rN`` from the second pass on (as
-    ``replay.produce`` does)."""
+    """The keys :mod:`.offer` (and ``stream-worker produce``) send with ``--limit total
+    --start start``, in order: the records cycled from ``start``, ids suffixed ``-rN`` from
+    the second pass on (``replay.cycled``)."""
     n = len(records)
     keys = []
     for i in range(start, start + total):
@@ -147,20 +165,32 @@ def point(rate: float, figures: LatencyResult) -> CurvePoint:
         figures.p95_ms,
         figures.p99_ms,
         figures.max_ms,
+        figures.achieved_rps < ACHIEVED_SHARE * rate,
     )
 
 
 def offer(
     run: BenchRun, env: dict[str, str], rate: float, total: int, start: int, tag: str
 ) -> None:
-    """``total`` records at ``rate`` from a separate producer process (its own GIL)."""
-    argv = [console_script("stream-worker"), "produce", "--rate", f"{rate:g}"]
+    """``total`` records at ``rate`` from a separate producer process (its own GIL, aiokafka:
+    :mod:`.offer`)."""
+    argv = [sys.executable, "-m", "stream_worker.devtools.bench.offer", "--rate", f"{rate:g}"]
     argv += ["--limit", str(total), "--start", str(start)]
+    argv += ["--bootstrap", run.bootstrap, "--topic", env["SCORER_INPUT_TOPIC"]]
     log_path = run.logs / f"{tag}-producer-{rate:g}.log"
     producer = run.launch(ManagedProcess(f"{tag}-producer", argv, None, log_path, env))
     assert producer.process is not None
-    code = producer.process.wait(timeout=total / rate * 4 + 120)
-    run.stop(producer)
+    timeout = total / rate * 4 + 120
+    try:
+        code = producer.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ScorerError(
+            f"the latency producer did not send {total:,} records at {rate:,.0f}/s within "
+            f"{timeout:,.0f} s (one producer reached {run.producer_rps:,.0f}/s flat out here): "
+            "lower --curve-rates"
+        ) from None
+    finally:
+        run.stop(producer)
     if code != 0:
         raise ScorerError(f"the latency producer failed: {producer.tail()}")
 

@@ -56,7 +56,7 @@ from trainer.provenance import git_commit
 if TYPE_CHECKING:
     from trainer.model.bundle import ModelBundle
 
-__all__ = ["BenchOptions", "BenchRun", "run_bench"]
+__all__ = ["BenchOptions", "BenchRun", "prepare", "run_bench"]
 
 #: Records per ``BatchScorer.process`` call when timing its steps in this process.
 MICRO_BATCH = 1000
@@ -67,13 +67,9 @@ def run_bench(opts: BenchOptions, say: Say) -> dict[str, Any]:
     if opts.profile is not None:
         py_spy()  # fail now, not after training a model and running the baselines
     run = BenchRun(opts, say)
-    run.work.mkdir(parents=True, exist_ok=True)
-    # kafka-python warns about its own slow polls while the machine is busy: expected here.
-    logging.getLogger("kafka").setLevel(logging.ERROR)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     result = _run_facts(run)
     try:
-        _start(run)
+        prepare(run)
         result.update(_in_process_figures(run, _load_bundle(run)))
         result.update(_process_figures(run))
     finally:
@@ -105,8 +101,12 @@ def _load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _start(run: BenchRun) -> None:
+def prepare(run: BenchRun) -> None:
     """The broker, the model's store and the records every phase sends."""
+    run.work.mkdir(parents=True, exist_ok=True)
+    # kafka-python warns about its own slow polls while the machine is busy: expected here.
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     run.say(f"broker: starting Tansu on loopback (logs in {run.work})")
     run.broker.start()
     run.tracking_uri = _model_store(run)
@@ -201,13 +201,13 @@ def _process_figures(run: BenchRun) -> dict[str, Any]:
 def _latency_phases(run: BenchRun, worker_max: float, forwarder_max: float) -> dict[str, Any]:
     """(c) on the latency curves of the worker and the forwarder, the breakdown, the plot."""
     opts, say = run.opts, run.say
-    rates = lat.curve_rates(opts.curve_rates, worker_max, opts.rate)
+    rates = lat.curve_rates(opts.curve_rates, worker_max, opts.rate, run.producer_rps)
     say(f"(c) worker latency at {', '.join(f'{r:g}' for r in rates)} records/s offered, "
         f"{opts.latency_seconds:g}s each …")  # fmt: skip
     worker = lat.curve_phase(
         run, "latency", lambda env: run.launch(run.worker(env, "latency-worker")), rates
     )
-    f_rates = lat.curve_rates(opts.curve_rates, forwarder_max, opts.rate)
+    f_rates = lat.curve_rates(opts.curve_rates, forwarder_max, opts.rate, run.producer_rps)
     say(f"(c') forwarder latency at {', '.join(f'{r:g}' for r in f_rates)} records/s offered …")
     forwarder = lat.curve_phase(
         run, "fwdlatency", lambda env: run.launch(run.forwarder(env, "latency-forwarder")), f_rates

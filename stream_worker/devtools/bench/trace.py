@@ -19,6 +19,10 @@ notes the wall-clock time at each stage:
 
 The bench appends ``seen`` (the output's arrival at its consumer) and reads the samples
 from ``GET /bench-trace``.
+
+For A/B runs (:mod:`.ab`), ``SCORER_BENCH_TUNING="NAME=VALUE,..."`` overrides constants of
+:mod:`stream_worker.runtime.tuning` before the worker starts (the worker reads them as
+``tuning.NAME`` at start-up), so one tree can be measured with an old and a new value.
 """
 
 from __future__ import annotations
@@ -144,10 +148,29 @@ def install(trace: Trace) -> None:
     views.register = traced_register
 
 
+def override_tuning(spec: str) -> dict[str, Any]:
+    """``"NAME=VALUE,..."`` onto :mod:`stream_worker.runtime.tuning`, each value of the type
+    the constant has; the values set."""
+    from stream_worker.runtime import tuning
+
+    done: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, value = part.partition("=")
+        old = getattr(tuning, name, None)
+        if old is None or not name.isupper():
+            raise SystemExit(f"SCORER_BENCH_TUNING: {name!r} is not a tuning constant")
+        done[name] = type(old)(value)
+        setattr(tuning, name, done[name])
+    return done
+
+
 def main() -> None:
     """``stream-worker run`` with the trace installed; the arguments are run's."""
     from stream_worker.cli import main as cli_main
 
+    tuned = override_tuning(os.environ.get("SCORER_BENCH_TUNING", ""))
+    if tuned:
+        print(f"bench tuning overrides: {tuned}", flush=True)
     install(Trace(int(os.environ.get("SCORER_BENCH_TRACE_EVERY", "8"))))
     sys.exit(cli_main(["run", *sys.argv[1:]]))
 

@@ -328,7 +328,7 @@ def test_a_changed_replayed_row_is_matched_by_its_test_id(
 
 def test_the_id_convention_is_the_replay_tools(test_records: list[dict[str, Any]]) -> None:
     assert replay.TEST_ID_PREFIX == "test-"
-    ids = [r["applicant_id"] for r in replay._cycle(test_records[:3], 7)]
+    ids = [r["applicant_id"] for r in replay.cycled(test_records[:3], 7)]
     assert [captured.REPLAY_TEST_ID.fullmatch(i) is not None for i in ids] == [True] * 7
     assert [int(m.group(1)) for i in ids if (m := captured.REPLAY_TEST_ID.fullmatch(i))] == [
         0,

@@ -139,6 +139,7 @@ def test_a_small_run_fills_every_figure(model_store: ModelStore, tmp_path: Path)
     for points in curve.values():
         assert [p["offered_rps"] for p in points] == [RATE]
         assert points[0]["records"] == RATE * LATENCY_SECONDS
+        assert points[0]["producer_limited"] is False  # the producer keeps up with RATE
     assert curve["worker"][0]["p99_ms"] == result["p99_ms"]
     assert curve["forwarder"][0]["p99_ms"] == result["forwarder_p99_ms"]
     assert Path(result["latency_curve_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

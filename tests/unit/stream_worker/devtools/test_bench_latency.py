@@ -6,6 +6,7 @@ import pytest
 
 from stream_worker.devtools import replay
 from stream_worker.devtools.bench import latency, model, report
+from stream_worker.devtools.bench.phases import LatencyResult
 from stream_worker.exceptions import ConfigError
 
 
@@ -19,12 +20,29 @@ def test_curve_rates_take_shares_of_the_maximum_and_always_the_main_rate() -> No
         latency.curve_rates("fast", 1.0, 2.0)
 
 
+def test_curve_rates_never_ask_a_producer_for_more_than_it_can_send() -> None:
+    # The forwarder's 80 % of 150,000 is 120,000, but one producer sent 30,000/s flat out:
+    # that step is offered at 90 % of 30,000 instead (the producer would never finish it).
+    rates = latency.curve_rates("1000,2000,80%", 150_000.0, 2000.0, producer_max=30_000.0)
+    assert rates == [1000, 2000, 27_000]
+    # A main rate above the ceiling is still offered as asked.
+    assert latency.curve_rates("", 1.0, 5000.0, producer_max=1000.0) == [5000.0]
+
+
+def test_a_step_the_producer_could_not_offer_is_marked() -> None:
+    def figures(achieved: float) -> LatencyResult:
+        return LatencyResult(10, achieved, 1.0, 2.0, 3.0, 4.0, 100.0)
+
+    assert not latency.point(10_000.0, figures(9_500.0)).producer_limited
+    assert latency.point(10_000.0, figures(6_800.0)).producer_limited
+
+
 def test_step_keys_are_the_keys_the_producer_sends() -> None:
     records = [{"applicant_id": f"test-{i}"} for i in range(3)]
     keys = latency.step_keys(records, total=4, start=2)
     assert keys == [b"test-2", b"test-0-r1", b"test-1-r1", b"test-2-r1"]
     # The producer's own cycle, record for record.
-    sent = [r["applicant_id"].encode() for r in replay._cycle(records, 4, 2)]
+    sent = [r["applicant_id"].encode() for r in replay.cycled(records, 4, 2)]
     assert keys == sent
 
 

@@ -73,5 +73,5 @@ def test_drifted_records_keep_their_true_labels() -> None:
 
 def test_a_replay_that_starts_past_the_split_brings_ids_not_seen_before() -> None:
     records = [{"applicant_id": "a"}, {"applicant_id": "b"}]
-    assert [r["applicant_id"] for r in replay._cycle(records, 3, start=1)] == ["b", "a-r1", "b-r1"]
-    assert [r["applicant_id"] for r in replay._cycle(records, 2)] == ["a", "b"]
+    assert [r["applicant_id"] for r in replay.cycled(records, 3, start=1)] == ["b", "a-r1", "b-r1"]
+    assert [r["applicant_id"] for r in replay.cycled(records, 2)] == ["a", "b"]
