@@ -15,6 +15,7 @@ from stream_worker.model_watcher import MlflowModelSource, ModelWatcher
 from stream_worker.runtime import faust_compat, tuning, views
 from stream_worker.runtime.acks import UnackedBatches
 from stream_worker.runtime.context import WorkerContext
+from stream_worker.runtime.heap import freeze_heap
 from stream_worker.runtime.loop import run_scoring_loop
 from stream_worker.runtime.ports import StreamConsumer
 from stream_worker.scoring.metrics import ScorerMetrics
@@ -139,6 +140,8 @@ async def load_first_model(ctx: WorkerContext) -> None:
             break
         await asyncio.sleep(delay)
         delay = min(delay * 2, tuning.MAX_BACKOFF_SECONDS)
+    if tuning.GC_FREEZE_WHEN_READY:
+        freeze_heap()  # before the first record: start-up's objects leave the collector's walk
     ctx.model_ready().set()
 
 

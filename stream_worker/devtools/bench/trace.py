@@ -148,6 +148,21 @@ def install(trace: Trace) -> None:
     views.register = traced_register
 
 
+def log_gc_pauses(threshold_s: float = 0.005) -> None:
+    """Print every garbage-collector pause longer than ``threshold_s`` (generation, ms)."""
+    import gc
+
+    began: list[float] = [0.0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        elif (pause := time.perf_counter() - began[0]) > threshold_s:
+            print(f"bench gc pause: generation {info['generation']}, {pause * 1000:.1f} ms")
+
+    gc.callbacks.append(callback)
+
+
 def override_tuning(spec: str) -> dict[str, Any]:
     """``"NAME=VALUE,..."`` onto :mod:`stream_worker.runtime.tuning`, each value of the type
     the constant has; the values set."""
@@ -159,7 +174,12 @@ def override_tuning(spec: str) -> dict[str, Any]:
         old = getattr(tuning, name, None)
         if old is None or not name.isupper():
             raise SystemExit(f"SCORER_BENCH_TUNING: {name!r} is not a tuning constant")
-        done[name] = type(old)(value)
+        if isinstance(old, bool):
+            if value.lower() not in ("0", "1", "true", "false"):
+                raise SystemExit(f"SCORER_BENCH_TUNING: {name} takes true or false")
+            done[name] = value.lower() in ("1", "true")
+        else:
+            done[name] = type(old)(value)
         setattr(tuning, name, done[name])
     return done
 
@@ -171,6 +191,7 @@ def main() -> None:
     tuned = override_tuning(os.environ.get("SCORER_BENCH_TUNING", ""))
     if tuned:
         print(f"bench tuning overrides: {tuned}", flush=True)
+    log_gc_pauses()
     install(Trace(int(os.environ.get("SCORER_BENCH_TRACE_EVERY", "8"))))
     sys.exit(cli_main(["run", *sys.argv[1:]]))
 

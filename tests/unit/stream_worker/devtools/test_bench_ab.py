@@ -71,5 +71,9 @@ def test_tuning_overrides_keep_each_constants_type(monkeypatch: pytest.MonkeyPat
     assert tuning.PRODUCER_LINGER_MS == 5
     assert isinstance(tuning.BATCH_POLL_SECONDS, float)
     assert trace.override_tuning("") == {}
+    monkeypatch.setattr(tuning, "GC_FREEZE_WHEN_READY", True)
+    assert trace.override_tuning("GC_FREEZE_WHEN_READY=false") == {"GC_FREEZE_WHEN_READY": False}
+    with pytest.raises(SystemExit, match="true or false"):
+        trace.override_tuning("GC_FREEZE_WHEN_READY=maybe")
     with pytest.raises(SystemExit, match="not a tuning constant"):
         trace.override_tuning("NO_SUCH_CONSTANT=1")
