@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 # Targets of DESIGN.md ("Quality bars"): judged in the output, never in tests.
-TARGET_RPS = 10_000.0
-GOAL_RPS = 20_000.0
-TARGET_PASSTHROUGH_RATIO = 0.8
-TARGET_SPEEDUP = 50.0
+#: One worker, production-size model, end to end.
+TARGET_RPS = 20_000.0
+#: References, no longer bars (DESIGN.md since issue 13: the forwarder is the ceiling, the
+#: naive scorer "stays as a reference"): reported, not needed by ``targets_met``.
+REFERENCE_PASSTHROUGH_RATIO = 0.8
+REFERENCE_SPEEDUP = 50.0
 TARGET_P99_MS = 50.0
 #: One worker against the raw aiokafka forwarder in the same run (DESIGN.md).
 TARGET_FORWARDER_RATIO = 0.6
@@ -19,8 +21,8 @@ TARGET_P99_VS_FORWARDER = 1.5
 #: (f): the worker with the capture alongside keeps this share of its (a) throughput.
 TARGET_CAPTURE_RATIO = 0.9
 
-#: Targets that are goals, not bars: reported, but ``targets_met`` does not need them.
-GOALS = ("throughput_ge_20k_goal",)
+#: Targets that are references, not bars: reported, but ``targets_met`` does not need them.
+REFERENCES = ("passthrough_ratio_ge_0_8", "speedup_ge_50x")
 
 
 def derive(result: dict[str, Any]) -> None:
@@ -32,10 +34,9 @@ def derive(result: dict[str, Any]) -> None:
     result["ratio_to_forwarder"] = round(rps / result["forwarder_rps"], 3)
     result["p99_vs_forwarder"] = round(result["p99_ms"] / max(result["forwarder_p99_ms"], 1e-3), 2)
     result["targets"] = {
-        "throughput_ge_10k": rps >= TARGET_RPS,
-        "throughput_ge_20k_goal": rps >= GOAL_RPS,
-        "passthrough_ratio_ge_0_8": result["ratio_to_passthrough"] >= TARGET_PASSTHROUGH_RATIO,
-        "speedup_ge_50x": result["speedup"] >= TARGET_SPEEDUP,
+        "throughput_ge_20k": rps >= TARGET_RPS,
+        "passthrough_ratio_ge_0_8": result["ratio_to_passthrough"] >= REFERENCE_PASSTHROUGH_RATIO,
+        "speedup_ge_50x": result["speedup"] >= REFERENCE_SPEEDUP,
         "p99_le_50ms": result["p99_ms"] <= TARGET_P99_MS,
         "forwarder_ratio_ge_0_6": result["ratio_to_forwarder"] >= TARGET_FORWARDER_RATIO,
         "p99_le_1_5x_forwarder": result["p99_vs_forwarder"] <= TARGET_P99_VS_FORWARDER,
@@ -44,7 +45,7 @@ def derive(result: dict[str, Any]) -> None:
     result["capture_ratio"] = round(capture_rps / rps, 3) if capture_rps else None
     if result["capture_ratio"] is not None:
         result["targets"]["capture_ratio_ge_0_9"] = result["capture_ratio"] >= TARGET_CAPTURE_RATIO
-    result["targets_met"] = all(v for k, v in result["targets"].items() if k not in GOALS)
+    result["targets_met"] = all(v for k, v in result["targets"].items() if k not in REFERENCES)
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
@@ -98,17 +99,17 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     t = r["targets"]
     two = f"{r['two_worker_rps']:,.0f} records/s" if r.get("two_worker_rps") else "skipped"
     return [
-        ("(a) throughput, one worker", f"{r['throughput_rps']:,.0f} records/s", "≥ 10,000 (goal 20,000)", _yes(t["throughput_ge_10k"])),  # noqa: E501
+        ("(a) throughput, one worker", f"{r['throughput_rps']:,.0f} records/s", "≥ 20,000", _yes(t["throughput_ge_20k"])),  # noqa: E501
         ("    CPU worker / broker", cpu_cores(r.get("throughput_cpu_cores")), "", ""),
         *_capture_rows(r),
         ("(b) Faust pass-through", f"{r['passthrough_rps']:,.0f} records/s", "", ""),
         ("    CPU agent / broker", cpu_cores(r.get("passthrough_cpu_cores")), "", ""),
-        ("    ratio to pass-through", f"{r['ratio_to_passthrough']:.2f}×", "≥ 0.8×", _yes(t["passthrough_ratio_ge_0_8"])),  # noqa: E501
+        ("    ratio to pass-through", f"{r['ratio_to_passthrough']:.2f}×", "reference ≥ 0.8×", _yes(t["passthrough_ratio_ge_0_8"])),  # noqa: E501
         ("(b') raw aiokafka forwarder", f"{r['forwarder_rps']:,.0f} records/s", "", ""),
         ("    CPU forwarder / broker", cpu_cores(r.get("forwarder_cpu_cores")), "", ""),
         ("    ratio to forwarder", f"{r['ratio_to_forwarder']:.2f}×", "≥ 0.6×", _yes(t["forwarder_ratio_ge_0_6"])),  # noqa: E501
         ("(d) naive one-record scorer", f"{r['naive_rps']:,.0f} records/s", "", ""),
-        ("    speedup over naive", f"{r['speedup']:,.1f}×", "≥ 50×", _yes(t["speedup_ge_50x"])),
+        ("    speedup over naive", f"{r['speedup']:,.1f}×", "reference ≥ 50×", _yes(t["speedup_ge_50x"])),  # noqa: E501
         ("(c) latency p50 / p95", f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} ms", "", ""),
         ("    latency p99 / max", f"{r['p99_ms']:.1f} / {r['max_ms']:.1f} ms", "p99 ≤ 50 ms", _yes(t["p99_le_50ms"])),  # noqa: E501
         ("    forwarder p50 / p99", f"{r['forwarder_p50_ms']:.1f} / {r['forwarder_p99_ms']:.1f} ms", "", ""),  # noqa: E501
