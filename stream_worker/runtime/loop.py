@@ -33,7 +33,7 @@ from stream_worker.runtime.context import WorkerContext
 from stream_worker.runtime.faust_compat import raw_producer
 from stream_worker.runtime.ports import RecordProducer, StreamConsumer
 from stream_worker.runtime.sender import PartitionedSender
-from stream_worker.runtime.tuning import BATCH_POLL_SECONDS, LOW_LOAD_BATCH
+from stream_worker.runtime.tuning import BATCH_POLL_SECONDS
 from stream_worker.scoring.scorer import BatchResult, InputRecord
 from stream_worker.settings import WorkerSettings
 
@@ -66,13 +66,12 @@ async def micro_batches(
     """Yield up to ``max_records`` messages, waiting at most ``window_seconds`` to fill a batch.
 
     The first message is awaited; then whatever is queued is taken without awaiting, and the
-    window only delays a batch while fewer than ``max_records`` are available. Adaptive: at
-    low load (the batch before had fewer than ``LOW_LOAD_BATCH`` records) a batch that has
-    emptied the queue goes at once, since waiting would only add the window to its latency;
-    under load the window fills batches, which keeps the per-batch cost low.
+    window only delays a batch while fewer than ``max_records`` are available. Each batch
+    becomes one produce request per output partition, so the window also sets how many
+    requests the broker answers per second at low load: on Tansu fewer, larger requests cut
+    the worker's p99 (docs/benchmark.md, "What each change bought").
     """
     loop = asyncio.get_running_loop()
-    previous = max_records  # the first batch waits for its window
     while True:
         batch = [await queue.get()]
         deadline = loop.time() + window_seconds
@@ -81,10 +80,7 @@ async def micro_batches(
                 batch.append(queue.get_nowait())
             if len(batch) >= max_records or loop.time() >= deadline:
                 break
-            if previous < LOW_LOAD_BATCH and queue.empty():
-                break
             await asyncio.sleep(BATCH_POLL_SECONDS)
-        previous = len(batch)
         yield batch
 
 

@@ -18,12 +18,6 @@ GC_FREEZE_WHEN_READY = True
 #: How often the batch window looks at the queue again while it waits to fill a batch.
 BATCH_POLL_SECONDS = 0.002
 
-#: A batch smaller than this means low load: the next batch does not wait for the window once
-#: it has emptied the queue (at 2,000 records/s a fetch brings a few dozen records, and the
-#: window would add its whole length to each one's latency; at 10,000/s and more batches are
-#: larger, and the window fills them).
-LOW_LOAD_BATCH = 64
-
 #: Records the consumer may fetch and buffer ahead of scoring (at least two full batches).
 MIN_STREAM_BUFFER = 4096
 
