@@ -1,8 +1,8 @@
 """Latency against load, for the worker and the raw forwarder, and where a record's time goes.
 
-- :func:`curve_phase`: one process (worker or forwarder) on fresh topics; records offered at
-  each rate in turn for ``latency_seconds`` by a separate producer process, each step's keys
-  new; per step, input Kafka timestamp → the output's arrival at a consumer polling all the
+- :func:`curve_phase`: per offered rate, a fresh process (worker or forwarder) on fresh
+  topics; records offered for ``latency_seconds`` by a separate producer process
+  (:mod:`.offer`); input Kafka timestamp → the output's arrival at a consumer polling all the
   time (:class:`~.phases.ArrivalClock`). The step at ``--rate`` is phase (c).
 - :func:`breakdown_phase`: the same at ``--rate`` with a *traced* worker
   (:mod:`.trace`): per-stage timestamps on a sample of records, as medians and p99s.
@@ -100,10 +100,36 @@ def curve_phase(
     rates: Sequence[float],
     fetch_trace: Callable[[ManagedProcess], list[list[Any]]] | None = None,
 ) -> CurveResult:
-    """Offer each rate in turn to one process started by ``launch``; the curve and (c)."""
-    seconds = run.opts.latency_seconds
-    steps: list[tuple[float, list[bytes]]] = []
-    start = 0
+    """Offer each rate to a fresh process started by ``launch``, on fresh topics; the curve
+    and (c).
+
+    Fresh each step because Tansu's fetch lists every batch stored in a partition (and its
+    memory engine keeps them all): on shared topics a step would pay for the records of the
+    steps before it, and the curve would depend on its order.
+    """
+    points, main, trace = [], None, []
+    rss = ready_rss = 0.0
+    for i, rate in enumerate(rates):
+        step = _curve_step(run, f"{tag}{i}", launch, rate, fetch_trace)
+        points.append(point(rate, step.main))
+        rss, ready_rss = max(rss, step.rss_mb), max(ready_rss, step.ready_rss_mb)
+        trace.extend(step.trace)
+        if rate == run.opts.rate:
+            main = step.main
+    assert main is not None, "the curve always includes --rate"
+    return CurveResult(points, main, rss, ready_rss, trace)
+
+
+def _curve_step(
+    run: BenchRun,
+    tag: str,
+    launch: Callable[[dict[str, str]], ManagedProcess],
+    rate: float,
+    fetch_trace: Callable[[ManagedProcess], list[list[Any]]] | None,
+) -> CurveResult:
+    """One rate: a process, a clock on its output, ``latency_seconds`` of offered records."""
+    total = max(1, round(rate * run.opts.latency_seconds))
+    keys = step_keys(run.records, total, 0)
     with run.phase_env(tag) as env:
         proc = launch(env)
         clock = ArrivalClock(run.bootstrap, env["SCORER_OUTPUT_TOPIC"])
@@ -115,28 +141,17 @@ def curve_phase(
             clock.ready.wait(60)
             if clock.error is not None:
                 raise ScorerError(f"cannot consume {clock.topic}: {clock.error}")
-            for rate in rates:
-                total = max(1, round(rate * seconds))
-                keys = step_keys(run.records, total, start)
-                offer(run, env, rate, total, start, tag)
-                wait_for(_arrived(clock, keys), total, [proc], "outputs arrived")
-                steps.append((rate, keys))
-                start += total
+            offer(run, env, rate, total, 0, tag)
+            wait_for(_arrived(clock, keys), total, [proc], "outputs arrived")
             rss = peak_rss_mb(proc.pid)
             if fetch_trace is not None:
                 trace = fetch_trace(proc)
         finally:
             clock.stop()
             run.stop(proc)
-        sent, _ = first_timestamps(run.bootstrap, env["SCORER_INPUT_TOPIC"], start)
-    points, main = [], None
-    for rate, keys in steps:
-        figures = latency_figures({k: sent[k] for k in keys}, clock.arrivals, rss)
-        points.append(point(rate, figures))
-        if rate == run.opts.rate:
-            main = figures
-    assert main is not None, "the curve always includes --rate"
-    return CurveResult(points, main, rss, ready_rss, _seen(trace, clock.arrivals))
+        sent, _ = first_timestamps(run.bootstrap, env["SCORER_INPUT_TOPIC"], total)
+    figures = latency_figures({k: sent[k] for k in keys}, clock.arrivals, rss)
+    return CurveResult([], figures, rss, ready_rss, _seen(trace, clock.arrivals))
 
 
 def _arrived(clock: ArrivalClock, keys: Sequence[bytes]) -> Callable[[], int]:
