@@ -1,8 +1,9 @@
 """The garbage collector's pauses off the hot path: freeze what start-up left alive.
 
 A worker that has imported Faust, MLflow, XGBoost and pandas and loaded its model holds
-about a quarter of a million long-lived objects; every full collection walks all of them
-(about 175 ms on this machine, measured with ``gc.collect(2)`` after the worker's imports),
+about 400k long-lived objects (396k frozen in a benchmark worker; 243k after the imports
+alone); every full collection walks all of them (about 175 ms for the imports' share on this
+machine, measured with ``gc.collect(2)``; 21–304 ms seen in workers),
 holding the GIL, so the event loop and Faust's consumer thread both stop, and every record
 in flight waits. Frozen objects (``gc.freeze``) are left out of every later collection; what
 the worker allocates per batch is still collected as before. The price: a cycle among

@@ -12,7 +12,7 @@ from __future__ import annotations
 FETCH_MAX_WAIT_MS = 10
 
 #: Freeze the heap once the first model is loaded (:mod:`stream_worker.runtime.heap`): full
-#: garbage collections then skip start-up's quarter of a million objects (~175 ms each).
+#: garbage collections then skip start-up's ~400k objects (175–300 ms each).
 GC_FREEZE_WHEN_READY = True
 
 #: How often the batch window looks at the queue again while it waits to fill a batch.

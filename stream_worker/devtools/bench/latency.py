@@ -141,7 +141,7 @@ def _curve_step(
             clock.ready.wait(60)
             if clock.error is not None:
                 raise ScorerError(f"cannot consume {clock.topic}: {clock.error}")
-            offer(run, env, rate, total, 0, tag)
+            offer(run, env, rate, total, tag)
             wait_for(_arrived(clock, keys), total, [proc], "outputs arrived")
             rss = peak_rss_mb(proc.pid)
             if fetch_trace is not None:
@@ -184,14 +184,12 @@ def point(rate: float, figures: LatencyResult) -> CurvePoint:
     )
 
 
-def offer(
-    run: BenchRun, env: dict[str, str], rate: float, total: int, start: int, tag: str
-) -> None:
+def offer(run: BenchRun, env: dict[str, str], rate: float, total: int, tag: str) -> None:
     """``total`` records at ``rate`` from a separate producer process (its own GIL, aiokafka:
     :mod:`.offer`)."""
     argv = [sys.executable, "-m", "stream_worker.devtools.bench.offer", "--rate", f"{rate:g}"]
-    argv += ["--limit", str(total), "--start", str(start)]
-    argv += ["--bootstrap", run.bootstrap, "--topic", env["SCORER_INPUT_TOPIC"]]
+    argv += ["--limit", str(total), "--bootstrap", run.bootstrap]
+    argv += ["--topic", env["SCORER_INPUT_TOPIC"]]
     log_path = run.logs / f"{tag}-producer-{rate:g}.log"
     producer = run.launch(ManagedProcess(f"{tag}-producer", argv, None, log_path, env))
     assert producer.process is not None

@@ -21,8 +21,9 @@ The bench appends ``seen`` (the output's arrival at its consumer) and reads the 
 from ``GET /bench-trace``.
 
 For A/B runs (:mod:`.ab`), ``SCORER_BENCH_TUNING="NAME=VALUE,..."`` overrides constants of
-:mod:`stream_worker.runtime.tuning` before the worker starts (the worker reads them as
-``tuning.NAME`` at start-up), so one tree can be measured with an old and a new value.
+:mod:`stream_worker.runtime.tuning` before any worker module that reads them is imported
+(so ``from tuning import NAME`` sees the new value too), so one tree can be measured with an
+old and a new value.
 """
 
 from __future__ import annotations
